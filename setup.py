@@ -1,0 +1,60 @@
+"""Installs tf_asp and compiles its permutation-search kernels.
+
+The CPU kernel library is always built; the CUDA one only when `nvcc` is on
+PATH. Both land in `tf_asp/_lib/`, which the search loads through ctypes. A
+failed kernel build prints why and leaves the NumPy search path working.
+"""
+
+import importlib.util
+import os
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _build_kernels():
+    spec = importlib.util.spec_from_file_location(
+        "tf_asp_kernel_build", os.path.join(HERE, "kernels", "build.py")
+    )
+    if spec is None:
+        print("tf_asp: kernels/build.py not found; NumPy search only.")
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build_kernels(os.path.join(HERE, "tf_asp", "_lib"))
+
+
+class BuildPyWithKernels(build_py):
+    """`build_py` that compiles the kernels into the package first."""
+
+    def run(self):
+        _build_kernels()
+        super().run()
+
+
+TEST_REQUIRES = ["pytest>=7", "pytest-timeout"]
+
+setup(
+    name="tf_asp",
+    version="0.1.0",
+    description=(
+        "Automatic 2:4 structured sparsity with channel permutation "
+        "for TensorFlow / Keras 3"
+    ),
+    long_description=open(os.path.join(HERE, "README.md")).read()
+    if os.path.exists(os.path.join(HERE, "README.md"))
+    else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tf_asp", "tf_asp.*"]),
+    package_data={"tf_asp": ["_lib/*.so"]},
+    install_requires=["numpy>=1.24", "pydot>=2", "tqdm>=4"],
+    extras_require={
+        "cpu": ["tensorflow-cpu==2.21.0"],
+        "gpu": ["tensorflow[and-cuda]==2.21.0"],
+        "test": TEST_REQUIRES,
+    },
+    cmdclass={"build_py": BuildPyWithKernels},
+)
