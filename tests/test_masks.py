@@ -1,0 +1,96 @@
+"""The 2:4 mask: which weights survive, and which layers are pruned at all."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from tf_asp import masks
+
+
+def brute_force_mask(kernel):
+    """Tries every subset of each group; keeps the heaviest, lowest-indexed."""
+    moved = np.moveaxis(kernel, -2, -1)
+    flat = moved.reshape(-1, moved.shape[-1])
+    mask = np.zeros_like(flat)
+    channels = flat.shape[-1]
+    for row, weights in enumerate(np.abs(flat)):
+        for start in range(0, channels, 4):
+            group = range(start, min(start + 4, channels))
+            keep = min(2, (len(group) + 1) // 2)
+            best = max(
+                itertools.combinations(group, keep),
+                key=lambda chosen: (weights[list(chosen)].sum(), [-c for c in chosen]),
+            )
+            mask[row, list(best)] = 1
+    return np.moveaxis(mask.reshape(moved.shape), -1, -2)
+
+
+SHAPES = [(16, 8), (64, 24), (4, 1), (3, 3, 16, 8), (1, 1, 32, 16), (2, 5, 8, 3)]
+PADDED_SHAPES = [(7, 8), (18, 8), (1, 4), (6, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES + PADDED_SHAPES)
+def test_mask_matches_brute_force_on_random_kernels(shape):
+    kernel = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    np.testing.assert_array_equal(masks.mask_2to4(kernel), brute_force_mask(kernel))
+
+
+@pytest.mark.parametrize("shape", SHAPES + PADDED_SHAPES)
+def test_ties_break_towards_the_lower_channel(shape):
+    # Small integers make equal magnitudes common.
+    kernel = np.random.default_rng(1).integers(-2, 3, shape).astype("float32")
+    np.testing.assert_array_equal(masks.mask_2to4(kernel), brute_force_mask(kernel))
+
+
+def test_mask_keeps_two_of_every_four_along_the_input_axis():
+    kernel = np.random.default_rng(2).standard_normal((3, 3, 32, 16))
+    mask = np.asarray(masks.mask_2to4(kernel))
+    groups = np.moveaxis(mask, 2, -1).reshape(3, 3, 16, 8, 4)
+    assert np.all(groups.sum(axis=-1) == 2)
+    assert mask.dtype == kernel.dtype
+
+
+def test_partial_group_keeps_half_rounded_up():
+    kernel = np.array([[5.0], [1.0], [2.0], [3.0], [9.0], [8.0], [7.0]])
+    kept = np.asarray(masks.mask_2to4(kernel)).ravel()
+    np.testing.assert_array_equal(kept, [1, 0, 0, 1, 1, 1, 0])
+
+
+def test_is_2to4_accepts_only_the_structured_pattern():
+    assert masks.is_2to4(np.array([[1.0], [0.0], [3.0], [0.0]]))
+    assert not masks.is_2to4(np.array([[1.0], [2.0], [3.0], [0.0]]))
+    # A 2:4 pattern along the *output* axis is not 2:4 along the input axis.
+    assert not masks.is_2to4(np.array([[1.0, 0.0, 1.0, 0.0]] * 4))
+    # A partial group of 2 may keep only 1.
+    assert masks.is_2to4(np.array([[1.0], [0.0], [0.0], [2.0], [1.0], [0.0]]))
+    assert not masks.is_2to4(np.array([[1.0], [0.0], [0.0], [2.0], [1.0], [1.0]]))
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape, padding, reason",
+    [
+        (keras.layers.Dense(8), (16,), False, None),
+        (keras.layers.Dense(8), (24,), False, "input dim 24"),
+        (keras.layers.Dense(8), (24,), True, None),
+        (keras.layers.Dense(12), (16,), False, "output dim 12"),
+        (keras.layers.Conv2D(8, 3), (8, 8, 16), False, None),
+        (keras.layers.Conv2D(8, 3), (8, 8, 24), True, "input dim 24"),
+        (keras.layers.Conv2D(16, 3, groups=2), (8, 8, 32), False, "grouped"),
+        (keras.layers.DepthwiseConv2D(3), (8, 8, 16), False, "not a Dense or Conv2D"),
+    ],
+)
+def test_prunability_follows_the_sparse_tensor_core_shape_rules(
+    layer, input_shape, padding, reason
+):
+    layer.build((None,) + input_shape)
+    found = masks.unprunable_reason(layer, padding=padding)
+    if reason is None:
+        assert found is None
+    else:
+        assert reason in found
+
+
+def test_unbuilt_layer_is_not_prunable():
+    assert "not built" in masks.unprunable_reason(keras.layers.Dense(8))
