@@ -15,12 +15,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _build_kernels():
-    spec = importlib.util.spec_from_file_location(
-        "tf_asp_kernel_build", os.path.join(HERE, "kernels", "build.py")
-    )
-    if spec is None:
+    script = os.path.join(HERE, "kernels", "build.py")
+    if not os.path.exists(script):
         print("tf_asp: kernels/build.py not found; NumPy search only.")
         return
+    spec = importlib.util.spec_from_file_location("tf_asp_kernel_build", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.build_kernels(os.path.join(HERE, "tf_asp", "_lib"))
