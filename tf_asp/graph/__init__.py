@@ -1,0 +1,26 @@
+"""Graph-level channel permutation.
+
+Before pruning, tf_asp permutes the input channels of each prunable kernel so
+that its 2:4 mask keeps more weight magnitude, and permutes the output
+channels of the kernels (and the per-channel variables) that produce those
+inputs, so the model still computes the same function:
+
+```python
+summary = tf_asp.graph.permute_model(model)
+print(summary)
+```
+
+The pipeline, one module each: `trace` (model -> op graph), `oplists` (which
+ops carry a permutation), `groups` (which kernels share one), `apply` (write
+the permuted weights), `permute` (search, apply, verify, report) and `plot`.
+"""
+
+from tf_asp.graph.oplists import ALLOW_OPS
+from tf_asp.graph.oplists import CLEAR_OPS
+from tf_asp.graph.oplists import INFER_OPS
+from tf_asp.graph.oplists import SKIP_OPS
+from tf_asp.graph.permute import GroupResult
+from tf_asp.graph.permute import PermutationError
+from tf_asp.graph.permute import PermutationSummary
+from tf_asp.graph.permute import SkippedGroup
+from tf_asp.graph.permute import permute_model
