@@ -163,13 +163,11 @@ class _Analysis:
         for tensor in self.graph.outputs:
             self._pin(_slot(tensor), "model output")
         for op in self.graph.ops:
-            is_data = op.type not in oplists.SHAPE_READERS and any(
-                t.ref() in self.data for t in op.inputs
-            )
-            if is_data:
+            reads_data = any(t.ref() in self.data for t in op.inputs)
+            if reads_data and op.type not in oplists.SHAPE_READERS:
                 self.data.update(t.ref() for t in op.outputs)
             role = self._visit(op)
-            if is_data or op.type in oplists.ALLOW_OPS:
+            if reads_data or op.type in oplists.ALLOW_OPS:
                 self.roles[op.name] = role
         self._check_kernel_reads()
         return self._groups(), self._plot_roles()

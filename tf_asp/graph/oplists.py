@@ -39,6 +39,7 @@ ELEMENTWISE_UNARY = frozenset(
         "Softplus",  # activation="softplus"
         "Erfc",  # activation="gelu" (exact)
         "Neg",  # gelu, LayerNormalization
+        "Abs",  # ops.abs
         "Square",  # ops.square
         "Sqrt",  # ops.sqrt
         "Rsqrt",  # BatchNormalization's 1 / sqrt(var + eps)
