@@ -104,8 +104,10 @@ def find_groups(graph, padding=False):
 
     Returns:
         `(groups, roles)`: the groups (skipped ones have a `skip_reason`) and,
-        for plotting, a dict from op name to its role (`"allow"`, `"infer"`,
-        `"clear"`, `"unsupported"`) and the root keys of its channel spaces.
+        for plotting, a dict from the name of every op on the data path to
+        `(role, input group, output group)`: its role is `"allow"`,
+        `"infer"`, `"clear"` or `"unsupported"`, and the groups (or None)
+        hold the channels of its first input and of its output.
     """
     return _Analysis(graph, padding).run()
 
