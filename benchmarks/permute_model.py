@@ -50,6 +50,17 @@ def run(name, device, time_limit):
     return optimizer.permutation_summary, wall, len(prunable)
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ResNet50", "MobileNetV2"])
@@ -60,12 +71,11 @@ def main():
                         help="print every group's layers and efficacy")
     args = parser.parse_args()
 
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, {platform.system()}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()}")
     header = (f"{'model':<12} {'backend':<8} {'wall s':>7} {'search s':>8} "
               f"{'groups':>6} {'C-perm':>10} {'efficacy mean/min/max':>22} "
               f"{'kept gain':>9} {'verify err':>10}")
-    rows = []
+    print(header)
     for name in args.models:
         for device in args.devices:
             summary, wall, prunable = run(name, device, args.time_limit)
@@ -74,14 +84,14 @@ def main():
             kept = sum(g.magnitude for g in summary.groups)
             identity = sum(g.identity_magnitude for g in summary.groups)
             backends = sorted({g.backend for g in summary.groups}) or ["-"]
-            rows.append(
+            print(
                 f"{name:<12} {'/'.join(backends):<8} {wall:7.1f} {search:8.1f} "
                 f"{len(summary.groups):6d} {len(summary.c_permuted):4d}/{prunable:<5d} "
                 f"{np.mean(efficacy):8.1f} /{min(efficacy):5.1f} /{max(efficacy):5.1f} "
                 f"{100 * (kept - identity) / max(identity, 1e-12):8.2f}% "
-                f"{summary.error:10.1e}"
+                f"{summary.error:10.1e}",
+                flush=True,
             )
-            print(header if len(rows) == 1 else "", rows[-1], sep="\n" if len(rows) == 1 else "")
             if args.per_layer:
                 for group in summary.groups:
                     print(f"    {group.efficacy:5.1f}%  {group.duration:6.2f} s  "
