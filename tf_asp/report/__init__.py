@@ -1,0 +1,236 @@
+"""Sparsity report: which kernels are 2:4, and which sparse Tensor Cores can run.
+
+Works on a Keras model (every Dense and Conv2D kernel) or on an exported
+SavedModel directory (every 2-D and 4-D float variable), so the structure that
+serving will see can be checked after export, without tf_asp's optimizer:
+
+```python
+report = tf_asp.sparsity_report("./exported_model")
+for row in report.rows:
+    print(row.name, row.is_2to4, row.shape_qualifies)
+```
+
+or from a shell: `python -m tf_asp.report ./exported_model`.
+
+A kernel is *2:4* when at most 2 of every 4 consecutive input channels (axis
+-2) are non-zero (`tf_asp.masks.is_2to4`). Its shape *qualifies* for sparse
+Tensor Cores when its input dim is a multiple of 16 and its output dim a
+multiple of 8, a 4-D kernel `(H, W, C, K)` viewed as `(C, H*W*K)` (the rule of
+`tf_asp.masks.unprunable_reason`). Sparse Tensor Cores speed up the kernels
+that are both.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from tf_asp import masks
+
+KERNEL_RANKS = (2, 4)  # Dense (C, K) and Conv2D (H, W, C, K) kernels
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSparsity:
+    """One kernel of a report.
+
+    Attributes:
+        name: the variable's path, e.g. `"conv2d_1/kernel"`.
+        shape: the kernel's shape; axis -2 is the input channels.
+        zero_fraction: the fraction of its weights that are exactly 0.0.
+        is_2to4: at most 2 of every 4 input channels are non-zero.
+        shape_qualifies: the shape suits sparse Tensor Cores.
+        reason: why the shape does not qualify (None when it does).
+    """
+
+    name: str
+    shape: tuple
+    zero_fraction: float
+    is_2to4: bool
+    shape_qualifies: bool
+    reason: str = None
+
+    @property
+    def sparse_ready(self):
+        """2:4 with a qualifying shape: sparse Tensor Cores can run it."""
+        return self.is_2to4 and self.shape_qualifies
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityReport:
+    """The kernels of a model or SavedModel and their 2:4 structure.
+
+    `str(report)` is the table that `sparsity_report` prints.
+    """
+
+    source: str
+    rows: tuple
+
+    @property
+    def sparse_ready(self):
+        """The rows sparse Tensor Cores can run (2:4, qualifying shape)."""
+        return tuple(row for row in self.rows if row.sparse_ready)
+
+    @property
+    def zero_fraction(self):
+        """The fraction of all kernel weights that are zero."""
+        sizes = [int(np.prod(row.shape)) for row in self.rows]
+        zeros = sum(row.zero_fraction * size for row, size in zip(self.rows, sizes))
+        return zeros / max(sum(sizes), 1)
+
+    def summary(self):
+        """One sentence: how many kernels sparse Tensor Cores can run."""
+        ready = len(self.sparse_ready)
+        other = sum(row.is_2to4 and not row.shape_qualifies for row in self.rows)
+        also = f" ({other} more are 2:4 with other shapes)" if other else ""
+        return (
+            f"{ready} of {len(self.rows)} kernels are 2:4 with a "
+            f"sparse-Tensor-Core shape{also}; {self.zero_fraction:.1%} of all "
+            "kernel weights are zero."
+        )
+
+    def __str__(self):
+        header = ("kernel", "shape", "zeros", "2:4", "Tensor Core shape")
+        lines = [
+            (
+                row.name,
+                str(row.shape),
+                f"{row.zero_fraction:.1%}",
+                "yes" if row.is_2to4 else "no",
+                "yes" if row.shape_qualifies else f"no: {row.reason}",
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(cells[i]) for cells in [header] + lines) for i in range(4)]
+        table = [f"Sparsity report of {self.source}"]
+        for cells in [header] + lines:
+            table.append(
+                "  ".join(cell.ljust(width) for cell, width in zip(cells, widths))
+                + "  "
+                + cells[4]
+            )
+        table.append(self.summary())
+        return "\n".join(table)
+
+
+def sparsity_report(model_or_path, print_table=True):
+    """Reports the 2:4 structure of a Keras model's or a SavedModel's kernels.
+
+    Args:
+        model_or_path: a built Keras model (its Dense and Conv2D kernels), or
+            the path of a SavedModel directory (its 2-D and 4-D float
+            variables, the way serving sees them) or of a `.keras` file.
+        print_table: print the table and its one-sentence summary.
+
+    Returns:
+        A `SparsityReport`: `.rows` holds one `KernelSparsity` per kernel
+        (name, shape, zero_fraction, is_2to4, shape_qualifies, reason),
+        `.sparse_ready` those that sparse Tensor Cores can run.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the path is neither a SavedModel directory nor a `.keras`
+            file, or the model is not built.
+        TypeError: `model_or_path` is neither a Keras model nor a path.
+
+    Example:
+
+    ```python
+    model.export("exported_model")
+    report = tf_asp.sparsity_report("exported_model")
+    assert all(row.is_2to4 for row in report.rows if row.shape_qualifies)
+    ```
+    """
+    import keras
+
+    if isinstance(model_or_path, keras.Model):
+        report = SparsityReport(
+            f"model '{model_or_path.name}'", _model_rows(model_or_path)
+        )
+    elif isinstance(model_or_path, (str, os.PathLike)):
+        path = os.fspath(model_or_path)
+        report = SparsityReport(path, _path_rows(path))
+    else:
+        raise TypeError(
+            "sparsity_report takes a Keras model or the path of a SavedModel "
+            f"directory or .keras file, not {type(model_or_path).__name__}."
+        )
+    if print_table:
+        print(report)
+    return report
+
+
+def _model_rows(model):
+    rows = []
+    for layer in masks._dense_and_conv_layers(model):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            raise ValueError(
+                f"Layer '{layer.name}' of model '{model.name}' is not built, "
+                "so it has no kernel to report; build the model first (call "
+                "it on a batch or use keras.Input)."
+            )
+        rows.append(
+            _row(kernel.path, np.asarray(kernel), masks.unprunable_reason(layer))
+        )
+    return tuple(rows)
+
+
+def _path_rows(path):
+    import keras
+    import tensorflow as tf
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"No SavedModel at '{path}': the path does not exist. Export one "
+            "with `model.export(path)` (or `python main.py --output_dir "
+            "path`) first."
+        )
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return _model_rows(keras.models.load_model(path, compile=False))
+    if not (os.path.isdir(path) and tf.saved_model.contains_saved_model(path)):
+        raise ValueError(
+            f"'{path}' is not a SavedModel directory (it has no "
+            "saved_model.pb) nor a .keras file; pass the directory that "
+            "`model.export(path)` or `tf.saved_model.save` wrote."
+        )
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as error:  # a corrupt or incompatible SavedModel
+        raise ValueError(
+            f"TensorFlow could not load the SavedModel at '{path}' "
+            f"({type(error).__name__}: {error}); re-export it with this "
+            "TensorFlow version."
+        ) from error
+    return tuple(
+        _row(_variable_name(variable), variable.numpy(), _shape_reason(variable.shape))
+        for variable in loaded.variables
+        if variable.dtype.is_floating and variable.shape.rank in KERNEL_RANKS
+    )
+
+
+def _row(name, kernel, reason):
+    return KernelSparsity(
+        name=name,
+        shape=tuple(kernel.shape),
+        zero_fraction=1.0 - np.count_nonzero(kernel) / max(kernel.size, 1),
+        is_2to4=masks.is_2to4(kernel),
+        shape_qualifies=reason is None,
+        reason=reason,
+    )
+
+
+def _variable_name(variable):
+    name = variable.name
+    return name[: -len(":0")] if name.endswith(":0") else name
+
+
+def _shape_reason(shape):
+    """`masks.unprunable_reason`'s shape rule for a bare kernel shape."""
+    shape = tuple(shape)
+    channels, outputs = shape[-2], shape[-1]
+    if outputs % 8:
+        return f"output dim {outputs} of kernel {shape} is not a multiple of 8"
+    if channels % 16:
+        return f"input dim {channels} of kernel {shape} is not a multiple of 16"
+    return None

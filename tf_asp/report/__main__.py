@@ -1,0 +1,32 @@
+"""`python -m tf_asp.report PATH`: print the sparsity report of a SavedModel.
+
+Exits with status 1 and one sentence on stderr when PATH is missing or is not
+a SavedModel directory (or `.keras` file).
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m tf_asp.report",
+        description="Print which kernels of a SavedModel (or .keras file) are "
+        "2:4 sparse and which shapes suit sparse Tensor Cores.",
+    )
+    parser.add_argument("path", help="a SavedModel directory or a .keras file")
+    args = parser.parse_args(argv)
+
+    from tf_asp.report import sparsity_report
+
+    try:
+        sparsity_report(args.path)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"{parser.prog}: error: {error}")
+
+
+if __name__ == "__main__":
+    main()
