@@ -159,7 +159,8 @@ def measure_throughput(function, inputs, batch_size, warmup, iterations, runs):
     """
     for _ in range(warmup):
         outputs = function(**inputs)
-    _wait(outputs if warmup else function(**inputs))
+    if warmup:
+        _wait(outputs)
     throughputs = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -285,7 +286,7 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"tftrt_infer.py: error: {error}")
 
-    native = tf.saved_model.load(args.saved_model_dir)
+    native = tf.saved_model.load(args.saved_model_dir)  # keep it alive
     if SIGNATURE not in native.signatures:
         sys.exit(
             f"tftrt_infer.py: error: the SavedModel at {args.saved_model_dir} "
@@ -306,7 +307,8 @@ def main(argv=None):
             args.saved_model_dir, args.tftrt_output_dir, args.precision, inputs
         )
         expected = function(**inputs)
-        function = tf.saved_model.load(args.tftrt_output_dir).signatures[SIGNATURE]
+        converted = tf.saved_model.load(args.tftrt_output_dir)  # keep it alive
+        function = converted.signatures[SIGNATURE]
         outputs = function(**inputs)
         print(
             "Largest |TF-TRT - native TensorFlow| output difference: "

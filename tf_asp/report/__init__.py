@@ -182,7 +182,7 @@ def _path_rows(path):
 
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"No SavedModel at '{path}': the path does not exist. Export one "
+            f"No SavedModel at '{path}': the path does not exist; export one "
             "with `model.export(path)` (or `python main.py --output_dir "
             "path`) first."
         )
