@@ -14,12 +14,14 @@ and their median as the average throughput.
 (`tf.experimental.tensorrt.Converter`, i.e. `TrtGraphConverterV2`) at
 `--precision`, builds the TensorRT engines for the benchmark's batch shape,
 saves the result (`--tftrt_output_dir`), and times it the same way. TensorRT's
-sparse kernels need an Ampere or newer GPU and FP16 or INT8 precision. TF-TRT
-reads `TF_TRT_SPARSE_MODE` itself when it builds engines (0 turns sparse
-compute off); this script reports the mode it asks for with the line
-`[TF-TRT] Sparse compute capability is enabled` (or `disabled`). TF-TRT needs
-TensorFlow built with TensorRT and an NVIDIA GPU; NVIDIA's TensorFlow
-container (`nvcr.io/nvidia/tensorflow:<yy.mm>-tf2-py3`) has both.
+sparse kernels need an Ampere or newer GPU and FP16 or INT8 precision.
+NVIDIA's sparse-enabled TF-TRT reads `TF_TRT_SPARSE_MODE` when it builds
+engines (0 turns sparse compute off) and logs `[TF-TRT] Sparse compute
+capability is enabled` (or `disabled`); this script logs the same line for the
+mode it asks for, and TensorRT's own log says which layers it ran sparse
+(`(Sparsity) Layers eligible for sparse math: ...`). TF-TRT needs TensorFlow
+built with TensorRT and an NVIDIA GPU; NVIDIA's TensorFlow container
+(`nvcr.io/nvidia/tensorflow:<yy.mm>-tf2-py3`) has both.
 """
 
 import argparse
@@ -34,6 +36,10 @@ CONTAINER = "nvcr.io/nvidia/tensorflow:<yy.mm>-tf2-py3"
 SIGNATURE = "serving_default"
 
 logger = logging.getLogger("tf_asp")
+
+
+class ServingError(RuntimeError):
+    """The model cannot be served as asked; the message says what to do."""
 
 
 def parse_args(argv=None):
@@ -206,12 +212,12 @@ def report_structure(saved_model_dir):
 
 
 def check_tftrt(precision):
-    """Exits with one sentence when TF-TRT cannot run; logs the sparse mode."""
+    """Raises `ServingError` when TF-TRT cannot run here; logs the sparse mode."""
     import tensorflow as tf
 
     missing = tftrt_missing()
     if missing:
-        sys.exit(f"tftrt_infer.py: error: {missing_tftrt_message(missing)}")
+        raise ServingError(missing_tftrt_message(missing))
     sparse = sparse_mode_enabled()
     logger.info(
         "[TF-TRT] Sparse compute capability is %s (TF_TRT_SPARSE_MODE=%s).",
@@ -251,11 +257,10 @@ def convert_with_tftrt(saved_model_dir, output_dir, precision, inputs):
             use_calibration=precision == "INT8",
         )
     except RuntimeError as error:  # TensorRT libraries absent or too old
-        sys.exit(
-            f"tftrt_infer.py: error: TensorFlow could not load TensorRT "
-            f"({error}); run tftrt_infer.py in NVIDIA's TensorFlow container "
-            f"({CONTAINER})."
-        )
+        raise ServingError(
+            f"TensorFlow could not load TensorRT ({error}); run "
+            f"tftrt_infer.py in NVIDIA's TensorFlow container ({CONTAINER})."
+        ) from error
 
     def input_fn():
         yield inputs
@@ -264,7 +269,16 @@ def convert_with_tftrt(saved_model_dir, output_dir, precision, inputs):
     converter.build(input_fn=input_fn)
     converter.save(output_dir)
     print(f"Saved the TF-TRT {precision} model to {output_dir}")
-    return output_dir
+
+
+def serving_function(saved_model):
+    """The SavedModel's `serving_default` signature."""
+    if SIGNATURE not in saved_model.signatures:
+        raise ServingError(
+            f"The SavedModel has no '{SIGNATURE}' signature to serve; export "
+            "it with `model.export(path)`."
+        )
+    return saved_model.signatures[SIGNATURE]
 
 
 def main(argv=None):
@@ -282,40 +296,26 @@ def main(argv=None):
     try:
         report_structure(args.saved_model_dir)
         if args.use_tftrt_model:
-            sparse_mode_enabled()  # a bad TF_TRT_SPARSE_MODE fails early
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"tftrt_infer.py: error: {error}")
-
-    native = tf.saved_model.load(args.saved_model_dir)  # keep it alive
-    if SIGNATURE not in native.signatures:
-        sys.exit(
-            f"tftrt_infer.py: error: the SavedModel at {args.saved_model_dir} "
-            f"has no '{SIGNATURE}' signature to serve; export it with "
-            "`model.export(path)`."
-        )
-    function = native.signatures[SIGNATURE]
-    try:
+            check_tftrt(args.precision)
+        native = tf.saved_model.load(args.saved_model_dir)  # keep it alive
+        function = serving_function(native)
         inputs = generated_inputs(function, args.batch_size)
-    except ValueError as error:
+        if args.use_native_tensorflow:
+            title = "Native TensorFlow"
+        else:
+            convert_with_tftrt(
+                args.saved_model_dir, args.tftrt_output_dir, args.precision, inputs
+            )
+            converted = tf.saved_model.load(args.tftrt_output_dir)
+            expected, function = function(**inputs), serving_function(converted)
+            print(
+                "Largest |TF-TRT - native TensorFlow| output difference: "
+                f"{largest_difference(function(**inputs), expected):.3g}"
+            )
+            sparse = "With" if sparse_mode_enabled() else "No"
+            title = f"TF-TRT {args.precision} - {sparse} sparse compute"
+    except (FileNotFoundError, ValueError, ServingError) as error:
         sys.exit(f"tftrt_infer.py: error: {error}")
-
-    if args.use_native_tensorflow:
-        title = "Native TensorFlow"
-    else:
-        check_tftrt(args.precision)
-        convert_with_tftrt(
-            args.saved_model_dir, args.tftrt_output_dir, args.precision, inputs
-        )
-        expected = function(**inputs)
-        converted = tf.saved_model.load(args.tftrt_output_dir)  # keep it alive
-        function = converted.signatures[SIGNATURE]
-        outputs = function(**inputs)
-        print(
-            "Largest |TF-TRT - native TensorFlow| output difference: "
-            f"{largest_difference(outputs, expected):.3g}"
-        )
-        sparse = "With" if sparse_mode_enabled() else "No"
-        title = f"TF-TRT {args.precision} - {sparse} sparse compute"
 
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(

@@ -142,6 +142,16 @@ def test_report_of_the_savedmodel_agrees_with_the_report_of_the_model(demo):
     ]
 
 
+def test_report_reads_a_savedmodel_written_by_tf_saved_model_save(demo, tmp_path):
+    model, _ = demo
+    tf.saved_model.save(model, str(tmp_path / "saved"))
+    from_savedmodel = sparsity_report(str(tmp_path / "saved"), print_table=False)
+    from_model = sparsity_report(model, print_table=False)
+    assert sorted(from_savedmodel.rows, key=lambda row: row.name) == sorted(
+        from_model.rows, key=lambda row: row.name
+    )
+
+
 def test_report_judges_tensor_core_shapes_of_saved_kernels_as_the_pruner_does(
     tmp_path,
 ):
@@ -329,7 +339,7 @@ def test_tftrt_conversion_reaches_the_converter_and_stops_with_a_sentence(demo):
     # it then refuses to start because TensorFlow lacks TensorRT.
     _, path = demo
     tftrt_infer = load_script("tftrt_infer")
-    with pytest.raises(SystemExit, match="could not load TensorRT"):
+    with pytest.raises(tftrt_infer.ServingError, match="could not load TensorRT"):
         tftrt_infer.convert_with_tftrt(path, path + "_trt", "FP16", inputs={})
 
 

@@ -204,9 +204,25 @@ def _path_rows(path):
         ) from error
     return tuple(
         _row(_variable_name(variable), variable.numpy(), _shape_reason(variable.shape))
-        for variable in loaded.variables
+        for variable in _saved_variables(loaded)
         if variable.dtype.is_floating and variable.shape.rank in KERNEL_RANKS
     )
+
+
+def _saved_variables(loaded):
+    """A loaded SavedModel's variables, each once.
+
+    `model.export` saves a `variables` list; `tf.saved_model.save(model)` does
+    not, so the variables its signatures read stand in.
+    """
+    variables = getattr(loaded, "variables", None)
+    if variables is None:
+        variables = [
+            variable
+            for signature in loaded.signatures.values()
+            for variable in signature.variables
+        ]
+    return list({id(variable): variable for variable in variables}.values())
 
 
 def _row(name, kernel, reason):
