@@ -297,6 +297,12 @@ def main(argv=None):
         report_structure(args.saved_model_dir)
         if args.use_tftrt_model:
             check_tftrt(args.precision)
+        if not tf.saved_model.contains_saved_model(args.saved_model_dir):
+            raise ServingError(
+                f"{args.saved_model_dir} is not a SavedModel directory; load "
+                "it with keras.models.load_model and export it with "
+                "`model.export(path)`."
+            )
         native = tf.saved_model.load(args.saved_model_dir)  # keep it alive
         function = serving_function(native)
         inputs = generated_inputs(function, args.batch_size)

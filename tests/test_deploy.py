@@ -152,6 +152,13 @@ def test_report_reads_a_savedmodel_written_by_tf_saved_model_save(demo, tmp_path
     )
 
 
+def test_report_reads_a_keras_file_without_its_optimizer(demo, tmp_path):
+    model, _ = demo
+    model.save(tmp_path / "pruned.keras")
+    from_file = sparsity_report(str(tmp_path / "pruned.keras"), print_table=False)
+    assert from_file.rows == sparsity_report(model, print_table=False).rows
+
+
 def test_report_judges_tensor_core_shapes_of_saved_kernels_as_the_pruner_does(
     tmp_path,
 ):

@@ -187,7 +187,15 @@ def _path_rows(path):
             "path`) first."
         )
     if os.path.isfile(path) and path.endswith(".keras"):
-        return _model_rows(keras.models.load_model(path, compile=False))
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as error:  # not a zip, or classes Keras cannot find
+            raise ValueError(
+                f"Keras could not load the .keras file '{path}' "
+                f"({type(error).__name__}: {error}); save it again with "
+                "`model.save(path)`."
+            ) from error
+        return _model_rows(model)
     if not (os.path.isdir(path) and tf.saved_model.contains_saved_model(path)):
         raise ValueError(
             f"'{path}' is not a SavedModel directory (it has no "
