@@ -1,0 +1,320 @@
+"""Permutation-search strategies: each returns a column order for a matrix
+that makes its 2:4 mask keep more magnitude.
+
+- `optimize_stripe_groups(window, escape_attempts)`: the published method
+  (Pool & Yu, NeurIPS 2021). For every group of `window / 4` stripes, find the
+  best of all distinct arrangements of their columns; greedily apply the best
+  non-overlapping improvements; rescore only groups touching changed stripes;
+  repeat until nothing improves. Escape attempts then perturb the converged
+  order (swap two columns of different stripes, a bounded regression) and
+  search again; the best order seen is returned.
+- `channel_swap(escape_attempts)`: greedy best pairwise column swap until no
+  swap helps (TETRIS adapted to 2:4), with the same escapes.
+- `random_permutations(n)`: the best of `n` random orders (and the identity).
+- `exhaustive()`: the true optimum, for matrices of at most 16 columns.
+
+All of them score with the exact integer kernels (see `metrics.quantize`),
+take a `seed` for their own generator, and stop at `time_limit` seconds with
+the best order found so far (`SearchResult.timed_out`).
+
+```python
+result = optimize_stripe_groups(matrix, window=8, escape_attempts=100)
+result.permutation, result.efficacy, result.duration, result.backend
+```
+"""
+
+import dataclasses
+import itertools
+import math
+import time
+
+import numpy as np
+
+from tf_asp.log import logger
+from tf_asp.search import metrics
+from tf_asp.search.backends import select_backend
+from tf_asp.search.windows import MAX_WINDOW
+from tf_asp.search.windows import window_tables
+
+# Stripe groups scored per kernel call: the time limit is checked between.
+GROUPS_PER_CALL = 1 << 15
+RANDOM_BATCH_ELEMENTS = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """A permutation and what it is worth.
+
+    Attributes:
+        permutation: int array, column `i` of the permuted matrix is column
+            `permutation[i]` of the original.
+        magnitude: what the 2:4 mask keeps with the permutation.
+        identity_magnitude: ... without it.
+        bound: what each row keeping its largest half would keep.
+        efficacy: % of the room between identity and bound that was gained.
+        strategy, backend: what searched, and where.
+        duration: seconds.
+        timed_out: the time limit stopped the search early.
+    """
+
+    permutation: np.ndarray
+    magnitude: float
+    identity_magnitude: float
+    bound: float
+    efficacy: float
+    strategy: str
+    backend: str
+    duration: float
+    timed_out: bool = False
+
+
+class Deadline:
+    """`expired()` once `seconds` (None: never) have passed since creation."""
+
+    def __init__(self, seconds):
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"time_limit must be a positive number of seconds or None; got {seconds!r}.")
+        self.end = None if seconds is None else time.perf_counter() + seconds
+        self.hit = False
+
+    def expired(self):
+        self.hit = self.hit or (self.end is not None and time.perf_counter() >= self.end)
+        return self.hit
+
+
+class _Order:
+    """The current column order, its exact score and the best order seen."""
+
+    def __init__(self, magnitudes, permutation):
+        self.magnitudes = magnitudes
+        self.permutation = np.array(permutation, dtype=np.int32)
+        self.score = metrics.quantized_score(magnitudes, self.permutation)
+        self.best, self.best_score = self.permutation.copy(), self.score
+
+    def changed(self, gain=None):
+        """Records a change worth `gain` (None: recompute the score)."""
+        if gain is None:
+            self.score = metrics.quantized_score(self.magnitudes, self.permutation)
+        else:
+            self.score += int(gain)
+        if self.score > self.best_score:
+            self.best, self.best_score = self.permutation.copy(), self.score
+
+    def perturb(self, rng):
+        """Swaps two random columns of different stripes; returns their stripes."""
+        stripes = rng.choice(len(self.permutation) // 4, size=2, replace=False)
+        a, b = 4 * stripes + rng.integers(0, 4, size=2)
+        self.permutation[[a, b]] = self.permutation[[b, a]]
+        self.changed()
+        return stripes
+
+
+def _stripe_groups(search, order, window, escape_attempts, rng, deadline):
+    stripe_count = len(order.permutation) // 4
+    group_size = window // 4
+    groups = np.array(list(itertools.combinations(range(stripe_count), group_size)), np.int32)
+    quads, partitions = search.quads, search.partitions
+    improvements = np.zeros(len(groups), np.int64)
+    best = np.zeros(len(groups), np.int32)
+    dirty = np.ones(len(groups), bool)
+    identity = [tuple(range(4 * k, 4 * k + 4)) for k in range(group_size)]
+    escapes, tabu = 0, ()
+    while not deadline.expired():
+        stale = np.flatnonzero(dirty)
+        for first in range(0, len(stale), GROUPS_PER_CALL):
+            chunk = stale[first:first + GROUPS_PER_CALL]
+            improvements[chunk], best[chunk] = search.stripe_groups(order.permutation, groups[chunk])
+            if deadline.expired():
+                return
+        chosen = _disjoint_best(improvements, groups, tabu)
+        if chosen:
+            changed = []
+            for g in chosen:
+                window_columns = order.permutation[(4 * groups[g][:, None] + np.arange(4)).ravel()]
+                for k, quad in enumerate(quads[partitions[best[g]]]):
+                    stripe = groups[g][k]
+                    if tuple(quad) != identity[k]:
+                        changed.append(stripe)
+                    order.permutation[4 * stripe:4 * stripe + 4] = window_columns[quad]
+            order.changed(improvements[chosen].sum())
+            tabu = ()
+        elif escapes < escape_attempts:
+            escapes += 1
+            changed = tabu = order.perturb(rng)
+        else:
+            return
+        dirty = np.isin(groups, changed).any(axis=1)
+
+
+def _disjoint_best(improvements, groups, tabu=()):
+    """Indices of candidates with a gain, best first, skipping those that
+    share a stripe with a chosen one or hold every stripe of `tabu` (the
+    stripes an escape just perturbed: undoing it is not allowed at once)."""
+    candidates = np.flatnonzero(improvements > 0)
+    candidates = candidates[np.argsort(-improvements[candidates], kind="stable")]
+    used, chosen, tabu = set(), [], set(int(t) for t in tabu)
+    for g in candidates:
+        stripes = groups[g].tolist()
+        if used.isdisjoint(stripes) and not (tabu and tabu <= set(stripes)):
+            used.update(stripes)
+            chosen.append(int(g))
+    return chosen
+
+
+def _channel_swap(search, order, escape_attempts, rng, deadline):
+    cols = len(order.permutation)
+    stripe_of = np.arange(cols) // 4
+    upper = np.triu(stripe_of[:, None] != stripe_of[None, :], k=1)
+    gains = search.column_swaps(order.permutation, np.arange(cols))
+    escapes, tabu = 0, ()
+    while not deadline.expired():
+        pairs = np.flatnonzero(upper & (gains > 0))
+        swaps = np.stack([pairs // cols, pairs % cols], axis=1)
+        chosen = _disjoint_best(gains.ravel()[pairs], stripe_of[swaps], tabu)
+        if chosen:
+            i, j = swaps[chosen].T
+            order.permutation[np.concatenate([i, j])] = order.permutation[np.concatenate([j, i])]
+            order.changed(gains[i, j].sum())
+            changed, tabu = np.concatenate([stripe_of[i], stripe_of[j]]), ()
+        elif escapes < escape_attempts:
+            escapes += 1
+            changed = tabu = order.perturb(rng)
+        else:
+            return
+        positions = (4 * np.asarray(changed)[:, None] + np.arange(4)).ravel()
+        fresh = search.column_swaps(order.permutation, positions)
+        gains[positions, :] = fresh
+        gains[:, positions] = fresh.T
+
+
+def _random(magnitudes, order, count, rng, deadline):
+    cols, rows = magnitudes.shape
+    batch = max(1, RANDOM_BATCH_ELEMENTS // (cols * rows))
+    tried = 0
+    while tried < count and not deadline.expired():
+        size = min(batch, count - tried)
+        permutations = np.argsort(rng.random((size, cols)), axis=1).astype(np.int32)
+        stripes = magnitudes[permutations].reshape(size, cols // 4, 4, rows)
+        scores = metrics.stripe_top2(np.moveaxis(stripes, 2, -1)).sum(axis=(1, 2), dtype=np.int64)
+        k = int(np.argmax(scores))
+        if scores[k] > order.best_score:
+            order.best, order.best_score = permutations[k], int(scores[k])
+        tried += size
+
+
+def _exhaustive(search, order):
+    improvements, best = search.stripe_groups(order.permutation, np.arange(search.window // 4, dtype=np.int32)[None])
+    arranged = search.quads[search.partitions[best[0]]].ravel()
+    order.permutation = order.permutation[arranged]
+    order.changed(improvements[0])
+
+
+def _run(name, matrix, device, seed, time_limit, permutation, body, window=0):
+    """Validates, picks the backend, runs `body(search, order, rng, deadline)`."""
+    start = time.perf_counter()
+    matrix = metrics.check_matrix(matrix)
+    cols = matrix.shape[1]
+    if permutation is None:
+        permutation = np.arange(cols)
+    permutation = np.asarray(permutation)
+    if permutation.shape != (cols,) or not np.array_equal(np.sort(permutation), np.arange(cols)):
+        raise ValueError(f"permutation must be a permutation of range({cols}).")
+    deadline = Deadline(time_limit)
+    rng = np.random.default_rng(seed)
+    magnitudes = metrics.quantize(matrix)
+    order = _Order(magnitudes, permutation)
+    backend = select_backend(device)
+    tables = window_tables(window) if window else None
+    if cols >= 8:
+        with backend.search(magnitudes, window, tables) as search:
+            body(search, order, rng, deadline)
+    identity = metrics.kept_magnitude(matrix)
+    bound = metrics.rows_half_magnitude(matrix)
+    kept = metrics.kept_magnitude(matrix, order.best)
+    result = SearchResult(
+        permutation=np.asarray(order.best, dtype=np.int64),
+        magnitude=kept,
+        identity_magnitude=identity,
+        bound=bound,
+        efficacy=metrics.efficacy(kept, identity, bound),
+        strategy=name,
+        backend=backend.backend,
+        duration=time.perf_counter() - start,
+        timed_out=deadline.hit,
+    )
+    logger.debug("Search %s on %s (%d x %d): efficacy %.1f%% in %.3f s%s", name, result.backend,
+                 *matrix.shape, result.efficacy, result.duration,
+                 " (time limit)" if result.timed_out else "")
+    return result
+
+
+def optimize_stripe_groups(matrix, window=8, escape_attempts=100, *, device="auto",
+                           seed=0, time_limit=None, permutation=None):
+    """The published stripe-group search; see the module docstring.
+
+    Args:
+        matrix: (rows, C) array, C a multiple of 4 (outputs x input channels).
+        window: columns per stripe group: 8, 12 or 16 (capped at C).
+        escape_attempts: perturbations tried after convergence.
+        device: `"auto"`, `"GPU"`, `"CPU"` or `"numpy"`.
+        seed: seed of the escape attempts' generator.
+        time_limit: seconds (None: no limit); the best order so far after it.
+        permutation: the starting order (default: identity).
+    """
+    window = _check_count("window", window, minimum=4)
+    if window % 4 or window > MAX_WINDOW:
+        raise ValueError(f"window must be 8, 12 or 16 columns; got {window}.")
+    escape_attempts = _check_count("escape_attempts", escape_attempts)
+    cols = np.shape(matrix)[1] if np.ndim(matrix) == 2 else 0
+    window = min(window, cols) if cols >= 4 else window
+
+    def body(search, order, rng, deadline):
+        _stripe_groups(search, order, search.window, escape_attempts, rng, deadline)
+
+    return _run(f"optimize_stripe_groups,{window},{escape_attempts}", matrix, device, seed,
+                time_limit, permutation, body, window=window if cols >= 8 else 0)
+
+
+def channel_swap(matrix, escape_attempts=100, *, device="auto", seed=0, time_limit=None,
+                 permutation=None):
+    """Greedy best pairwise column swaps; arguments as `optimize_stripe_groups`."""
+    escape_attempts = _check_count("escape_attempts", escape_attempts)
+
+    def body(search, order, rng, deadline):
+        _channel_swap(search, order, escape_attempts, rng, deadline)
+
+    return _run(f"channel_swap,{escape_attempts}", matrix, device, seed, time_limit,
+                permutation, body)
+
+
+def random_permutations(matrix, count=1000, *, seed=0, time_limit=None, device="numpy"):
+    """The best of `count` random column orders (NumPy on every device)."""
+    count = _check_count("count", count)
+
+    def body(search, order, rng, deadline):
+        _random(order.magnitudes, order, count, rng, deadline)
+
+    return _run(f"random,{count}", matrix, "numpy", seed, time_limit, None, body)
+
+
+def exhaustive(matrix, *, device="auto", time_limit=None):
+    """The optimal column order of a matrix with at most 16 columns."""
+    cols = np.shape(matrix)[1] if np.ndim(matrix) == 2 else 0
+    if cols > MAX_WINDOW:
+        raise ValueError(
+            f"exhaustive search tries every arrangement and is limited to {MAX_WINDOW} columns "
+            f"({math.factorial(MAX_WINDOW) // (24 ** 4 * 24)} arrangements); the matrix has {cols}. "
+            "Use optimize_stripe_groups."
+        )
+
+    def body(search, order, rng, deadline):
+        _exhaustive(search, order)
+
+    return _run("exhaustive", matrix, device, 0, time_limit, None, body,
+                window=cols if cols >= 8 else 0)
+
+
+def _check_count(name, value, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
