@@ -11,6 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Below this many row-quads a call runs on one thread: waking the others
+ * costs more than it saves, and a thread descheduled by a busy machine would
+ * hold up the whole call at the barrier. */
+#define SS_PARALLEL_WORK (1 << 22)
+
 struct ss_search {
   int32_t *magnitudes; /* (cols, rows) */
   int64_t rows;
@@ -164,7 +169,8 @@ int ss_stripe_groups(const ss_search *s, const int32_t *permutation,
   if (!is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
 
   int failed = 0;
-#pragma omp parallel
+  const int64_t work = group_count * s->quad_count * s->rows;
+#pragma omp parallel if (work > SS_PARALLEL_WORK)
   {
     int64_t *quad_scores = malloc(sizeof(int64_t) * s->quad_count);
     if (!quad_scores) {
@@ -196,14 +202,15 @@ int ss_column_swaps(const ss_search *s, const int32_t *permutation,
   const int64_t cols = s->cols, stripe_count = cols / 4;
   int64_t *stripe_scores = malloc(sizeof(int64_t) * stripe_count);
   if (!stripe_scores) return SS_OUT_OF_MEMORY;
-#pragma omp parallel for schedule(static)
+  const int64_t work = (position_count * 2 + 1) * cols * s->rows / 4;
+#pragma omp parallel for schedule(static) if (work > SS_PARALLEL_WORK)
   for (int64_t t = 0; t < stripe_count; ++t) {
     const int32_t *c = permutation + 4 * t;
     stripe_scores[t] = quad_score(column(s, c[0]), column(s, c[1]),
                                   column(s, c[2]), column(s, c[3]), s->rows);
   }
 
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) if (work > SS_PARALLEL_WORK)
   for (int64_t task = 0; task < position_count * stripe_count; ++task) {
     const int64_t i = task / stripe_count, t = task % stripe_count;
     const int32_t p = positions[i];
