@@ -36,23 +36,25 @@ def window_tables(window):
         raise ValueError(
             f"A stripe-group window must be 4, 8, 12 or 16 columns; got {window}."
         )
-    quads = list(itertools.combinations(range(window), 4))
-    index = {quad: i for i, quad in enumerate(quads)}
-    memo = {}
+    quads = np.array(list(itertools.combinations(range(window), 4)), dtype=np.int32)
+    quad_index = np.zeros((window,) * 4, dtype=np.int32)
+    quad_index[tuple(quads.T)] = np.arange(len(quads))
+    splits = _splits(window)  # (P, window/4, 4) positions
+    partitions = quad_index[splits[..., 0], splits[..., 1], splits[..., 2], splits[..., 3]]
+    return quads, np.ascontiguousarray(partitions)
 
-    def partitions(positions):
-        if len(positions) == 4:
-            return np.array([[index[positions]]], dtype=np.int32)
-        if positions not in memo:
-            first, rest = positions[0], positions[1:]
-            blocks = []
-            for others in itertools.combinations(rest, 3):
-                remaining = tuple(p for p in rest if p not in others)
-                tails = partitions(remaining)
-                head = np.full((len(tails), 1), index[(first,) + others], np.int32)
-                blocks.append(np.hstack([head, tails]))
-            memo[positions] = np.concatenate(blocks)
-        return memo[positions]
 
-    table = partitions(tuple(range(window)))
-    return np.asarray(quads, dtype=np.int32), np.ascontiguousarray(table)
+def _splits(count):
+    """Every split of positions 0..count-1 into sorted quads, as an array
+    (P, count/4, 4), canonical order: position 0's quad is first, its
+    partners in lexicographic order, the rest split the same way."""
+    if count == 4:
+        return np.arange(4, dtype=np.int8).reshape(1, 1, 4)
+    rest = _splits(count - 4)  # splits of the remaining positions, relabelled
+    blocks = []
+    for partners in itertools.combinations(range(1, count), 3):
+        first = np.array((0,) + partners, dtype=np.int8)
+        remaining = np.setdiff1d(np.arange(count, dtype=np.int8), first)
+        head = np.broadcast_to(first, (len(rest), 1, 4))
+        blocks.append(np.concatenate([head, remaining[rest]], axis=1))
+    return np.concatenate(blocks)
