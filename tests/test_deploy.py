@@ -53,11 +53,7 @@ def last_line(text):
 def demo(tmp_path_factory):
     """main.py's demo, fine-tuned a few steps and exported: (model, path)."""
     path = tmp_path_factory.mktemp("demo") / "exported_model"
-    # permute=False until tf_asp.search lands (permute=True raises without
-    # it); then drop the argument to run the demo exactly as main.py does.
-    model = load_script("main").run(
-        steps=3, batch_size=16, output_dir=str(path), permute=False
-    )
+    model = load_script("main").run(steps=3, batch_size=16, output_dir=str(path))
     return model, str(path)
 
 
