@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from tf_asp import masks
 from tf_asp.graph import oplists
+from tf_asp.search import as_search_matrix
 
 _KERNEL_PATH_OPS = ("Identity", "Cast")
 
@@ -85,16 +86,11 @@ class Group:
 
         Each kernel is viewed with its input channels as columns (a Dense
         `(C, K)` kernel as `(K, C)`, a Conv2D `(H, W, C, K)` kernel as
-        `(H*W*K, C)`); siblings are stacked along the rows.
+        `(K*H*W, C)`); siblings are stacked along the rows.
         """
         return np.concatenate(
-            [search_view(np.asarray(k.variable)) for k in self.prunable_consumers]
+            [as_search_matrix(k.variable) for k in self.prunable_consumers]
         )
-
-
-def search_view(kernel):
-    """`kernel` with its input channels (axis -2) as the columns."""
-    return np.moveaxis(kernel, -2, -1).reshape(-1, kernel.shape[-2])
 
 
 def find_groups(graph, padding=False):

@@ -7,9 +7,10 @@ import numpy as np
 
 from tf_asp.graph import apply
 from tf_asp.graph.groups import find_groups
-from tf_asp.graph.groups import search_view
 from tf_asp.graph.trace import trace_model
 from tf_asp.log import logger
+from tf_asp.search import as_search_matrix
+from tf_asp.search import kept_magnitude
 
 VERIFY_TOLERANCE = 1e-4  # float32 rounding of a permuted model is ~1e-6
 PROGRESS_BAR_GROUPS = 8  # show a progress bar from this many groups
@@ -190,12 +191,6 @@ def permute_model(
     return summary
 
 
-def kept_magnitude(matrix):
-    """Magnitude a 2:4 mask keeps in a (rows, C) matrix, C a multiple of 4."""
-    groups = np.abs(np.asarray(matrix, dtype=np.float64)).reshape(matrix.shape[0], -1, 4)
-    return float(np.sort(groups, axis=-1)[..., 2:].sum())
-
-
 def _no_layer_loses(group, permutation):
     """The permutation, or the identity if some consumer would keep less.
 
@@ -204,9 +199,9 @@ def _no_layer_loses(group, permutation):
     """
     permutation = apply.check_permutation(permutation, group.channels)
     for kernel in group.prunable_consumers:
-        matrix = search_view(np.asarray(kernel.variable))
+        matrix = as_search_matrix(kernel.variable)
         identity = kept_magnitude(matrix)
-        if kept_magnitude(matrix[:, permutation]) < identity * (1 - 1e-6):
+        if kept_magnitude(matrix, permutation) < identity * (1 - 1e-6):
             note = f"identity kept: {kernel.name} would keep less"
             return np.arange(group.channels), note
     return permutation, ""

@@ -88,18 +88,20 @@ def find_permutation(matrix, strategy=DEFAULT_STRATEGY, device="auto", time_limi
 
 
 def as_search_matrix(kernel):
-    """A Keras kernel as the search's (rows, C) matrix.
+    """A Keras kernel as the search's (rows, C) matrix (DESIGN.md's layout).
 
-    Dense `(C, K)` -> `(K, C)`; Conv2D `(H, W, C, K)` -> `(K*H*W, C)`; a 2-D
-    array that already is (rows, C) is given as `kernel.T`... so pass Keras
-    layouts only: the input channels are axis -2.
+    Dense `(C, K)` -> `(K, C)`; Conv2D `(H, W, C, K)` -> `(K*H*W, C)`: the
+    input channels (axis -2) become the columns.
+
+    ```python
+    as_search_matrix(np.zeros((3, 3, 64, 128))).shape    # (1152, 64)
+    ```
     """
     kernel = np.asarray(kernel)
     if kernel.ndim == 2:
         return kernel.T
     if kernel.ndim == 4:
-        channels = kernel.shape[2]
-        return kernel.transpose(3, 0, 1, 2).reshape(-1, channels)
+        return kernel.transpose(3, 0, 1, 2).reshape(-1, kernel.shape[2])
     raise ValueError(
         f"A kernel must be 2-D (Dense, (C, K)) or 4-D (Conv2D, (H, W, C, K)); got shape {kernel.shape}."
     )
