@@ -31,8 +31,9 @@ extern "C" {
 
 /* Bumped whenever a signature or a table layout changes. */
 #define SS_ABI_VERSION 1
-/* Largest magnitude accepted: 2 of them still fit an int32. */
-#define SS_MAX_MAGNITUDE (1 << 28)
+/* Largest magnitude accepted: the sum of 2 of them over 128 rows still fits
+ * an int32, so implementations may add short runs of rows in 32 bits. */
+#define SS_MAX_MAGNITUDE (1 << 22)
 
 enum ss_status {
   SS_OK = 0,

@@ -38,12 +38,21 @@ static inline int32_t top2(int32_t a, int32_t b, int32_t c, int32_t d) {
          max32(min32(high_ab, high_cd), max32(low_ab, low_cd));
 }
 
+/* Rows summed in int32 before widening: ROW_BLOCK * 2 * SS_MAX_MAGNITUDE
+ * stays below 2^31, and the vectorized inner loop needs no 64-bit adds. */
+#define ROW_BLOCK 128
+
 /* What a 2:4 mask keeps of 4 columns, summed over rows. */
 static int64_t quad_score(const int32_t *restrict a, const int32_t *restrict b,
                           const int32_t *restrict c, const int32_t *restrict d,
                           int64_t rows) {
   int64_t sum = 0;
-  for (int64_t r = 0; r < rows; ++r) sum += top2(a[r], b[r], c[r], d[r]);
+  for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
+    const int64_t last = first + ROW_BLOCK < rows ? first + ROW_BLOCK : rows;
+    int32_t block = 0;
+    for (int64_t r = first; r < last; ++r) block += top2(a[r], b[r], c[r], d[r]);
+    sum += block;
+  }
   return sum;
 }
 

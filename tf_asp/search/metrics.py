@@ -16,7 +16,7 @@ efficacy(2919.759, kept_magnitude(m), rows_half_magnitude(m))   # 35.5
 import numpy as np
 
 # Quantized magnitudes are at most this (the kernels' SS_MAX_MAGNITUDE).
-MAX_QUANTIZED = 1 << 28
+MAX_QUANTIZED = 1 << 22
 
 
 def check_matrix(matrix, name="matrix"):
