@@ -24,13 +24,18 @@ CUDA_ARCHS = ("-gencode=arch=compute_80,code=sm_80",
 
 def _compile(attempts, output):
     """Runs each command in turn until one succeeds; returns the last error."""
-    error = None
+    error = "no compile command was given"
     for command in attempts:
-        result = subprocess.run(command + ["-o", output], capture_output=True, text=True)
+        try:
+            result = subprocess.run(command + ["-o", output], capture_output=True, text=True)
+        except OSError as failure:
+            error = f"cannot run {command[0]}: {failure}"
+            continue
         if result.returncode == 0:
             return None
-        error = (result.stderr or result.stdout).strip().splitlines()[-5:]
-    return "\n".join(error or ["no compiler attempt was made"])
+        lines = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        error = "\n".join(lines) or f"{command[0]} exited with status {result.returncode}"
+    return error
 
 
 def build_cpu(out_dir, compiler=None):
