@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a table layout changes. */
-#define SS_ABI_VERSION 1
+#define SS_ABI_VERSION 2
 /* Largest magnitude accepted: the sum of 2 of them over 128 rows still fits
  * an int32, so implementations may add short runs of rows in 32 bits. */
 #define SS_MAX_MAGNITUDE (1 << 22)

@@ -10,6 +10,7 @@ bound, efficacy 100) and the default order (efficacy 0).
 """
 
 import argparse
+import csv
 import logging
 import sys
 
@@ -47,8 +48,9 @@ def parser():
         description="Search channel permutations that make 2:4 pruning keep more magnitude.",
     )
     p.add_argument("--infile", default="random",
-                   help=".npy matrix (rows=outputs, cols=input channels) or a TensorFlow "
-                        "kernel: Dense (C, K) or Conv2D (H, W, C, K); default: a random matrix")
+                   help=".npy file: a 2-D matrix (rows = outputs, columns = input channels; "
+                        "save a Keras Dense kernel (C, K) transposed) or a 4-D TensorFlow "
+                        "Conv2D kernel (H, W, C, K), reshaped to (K*H*W, C); default: random")
     p.add_argument("--channels", type=int, default=64, help="columns of the random matrix")
     p.add_argument("--filters", type=int, default=128, help="rows of the random matrix")
     p.add_argument("--verbosity", type=int, default=0, help="0: results only; 11+: progress; 20+: debug")
@@ -139,15 +141,19 @@ def check_permutation(matrix, result):
 
 
 class Table:
+    """The published tool's aligned table, or real CSV (names hold commas)."""
+
     def __init__(self, pretty):
         self.pretty = pretty
+        self.csv = csv.writer(sys.stdout, lineterminator="\n")
 
     def row(self, *cells):
         if self.pretty:
             name, *rest = cells
             print(f"{name:<35}," + ",".join(f"{c:>15}" for c in rest))
         else:
-            print(",".join(str(c).strip() for c in cells))
+            sys.stdout.flush()
+            self.csv.writerow([str(c).strip() for c in cells])
 
 
 def main(argv=None):

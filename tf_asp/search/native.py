@@ -20,7 +20,7 @@ import numpy as np
 
 from tf_asp.search.windows import window_tables
 
-ABI_VERSION = 1  # kernels/structured_sparsity.h: SS_ABI_VERSION
+ABI_VERSION = 2  # kernels/structured_sparsity.h: SS_ABI_VERSION
 LIBRARY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_lib")
 LIBRARY_FILES = {"CPU": "libtf_asp_search_cpu.so", "CUDA": "libtf_asp_search_cuda.so"}
 REBUILD_HINT = "Rebuild it with `python kernels/build.py` (or reinstall tf_asp)."
@@ -109,11 +109,13 @@ class NativeSearch:
                            self.partitions.ctypes.data, len(self.partitions))
         else:
             tables_args = (None, 0, None, 0)
-        self._handle = ctypes.c_void_p()
+        handle = ctypes.c_void_p()
         status = library._lib.ss_search_create(
-            magnitudes, rows, self.cols, window, *tables_args, ctypes.byref(self._handle)
+            magnitudes, rows, self.cols, window, *tables_args, ctypes.byref(handle)
         )
         library.check(status, "ss_search_create")
+        self._handle = handle
+        self._destroy = library._lib.ss_search_destroy  # usable at interpreter exit
 
     def stripe_groups(self, permutation, groups):
         permutation = np.ascontiguousarray(permutation, dtype=np.int32)
@@ -137,9 +139,9 @@ class NativeSearch:
         return improvements
 
     def close(self):
-        if self._handle:
-            self.library._lib.ss_search_destroy(self._handle)
-            self._handle = ctypes.c_void_p()
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            self._destroy(handle)
 
     def __enter__(self):
         return self
