@@ -451,3 +451,14 @@ def test_bad_strategy_argument_values_are_value_errors():
         search.find_permutation(random_matrix((4, 16)), "optimize_stripe_groups,10,0")
     with pytest.raises(ValueError, match="escape_attempts must be"):
         search.find_permutation(random_matrix((4, 16)), "channel_swap,-2")
+
+
+def test_default_strategy_spends_fewer_escapes_on_wider_matrices():
+    """100 escape attempts up to 64 columns, fewer as each one costs more, at least 10."""
+    escapes = [int(search.default_strategy(c).split(",")[2]) for c in (16, 64, 128, 512, 4096)]
+    assert escapes == [100, 100, 50, 12, 10]
+    matrix = random_matrix((24, 128), seed=11)
+    default = search.find_permutation(matrix, device="CPU")
+    named = search.optimize_stripe_groups(matrix, 8, 50, device="CPU")
+    assert default.strategy == "optimize_stripe_groups,8,50"
+    np.testing.assert_array_equal(default.permutation, named.permutation)
