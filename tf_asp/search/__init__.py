@@ -10,7 +10,7 @@ from tf_asp import search
 
 m = np.random.RandomState(1).rand(128, 64)      # rows = outputs, cols = channels
 result = search.find_permutation(m, strategy="optimize_stripe_groups,8,0")
-result.efficacy            # 35.5+ (% of the possible gain)
+result.efficacy            # 35.47: % of the possible gain (published: 35.5)
 m[:, result.permutation]   # the permuted matrix
 ```
 
