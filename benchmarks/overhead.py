@@ -10,7 +10,6 @@ compilation) is not timed.
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tf_asp  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 
 def resnet_style_convnet(width=64, blocks=3):
@@ -68,17 +68,6 @@ def median_step_time(wrapped, steps, batch_size, seed=0):
     return statistics.median(timer.times)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
@@ -86,7 +75,7 @@ def main():
     args = parser.parse_args()
     bare = median_step_time(False, args.steps, args.batch_size)
     wrapped = median_step_time(True, args.steps, args.batch_size)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores")
     print(f"{'optimizer':<28}{'median step (ms)':>18}")
     print(f"{'SGD(momentum=0.9)':<28}{bare * 1e3:>18.2f}")
     print(f"{'AspOptimizerWrapperV2(SGD)':<28}{wrapped * 1e3:>18.2f}")

@@ -20,6 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tf_asp  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from tf_asp import masks  # noqa: E402
 
 
@@ -48,17 +49,6 @@ def run(name, device, time_limit):
     )
     wall = time.perf_counter() - start
     return optimizer.permutation_summary, wall, len(prunable)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():

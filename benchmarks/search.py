@@ -14,7 +14,6 @@ Times are the median of `--repeats` runs (one run for runs over 2 s).
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -22,6 +21,8 @@ import numpy as np
 
 from tf_asp import search
 from tf_asp.search import metrics
+
+from machine import cpu_name
 
 # The published table (V100 GPU; CPU times where the seed lists them).
 PUBLISHED = {
@@ -114,17 +115,6 @@ def exhaustive_section(device, count=100):
         found = sum(r.magnitude >= o.magnitude * (1 - 1e-12) for o, r in zip(optimum, results))
         print(f"| {strategy:<30} | {np.mean([r.efficacy for r in results]):13.2f} "
               f"| {np.mean(gaps):13.2f} pts. | {found:>13} | {fmt_time(seconds):>13} |", flush=True)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():
