@@ -12,6 +12,7 @@
  * result independent of the reduction order, hence equal to the CPU's.
  */
 #include "structured_sparsity.h"
+#include "structured_sparsity_checks.h"
 
 #include <cuda_runtime.h>
 #include <limits.h>
@@ -21,7 +22,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxWindow = 32;
+constexpr int kMaxWindow = SS_MAX_WINDOW;
 
 __device__ __forceinline__ int top2(int a, int b, int c, int d) {
   int high_ab = max(a, b), low_ab = min(a, b);
@@ -158,18 +159,6 @@ struct DeviceBuffer {
   template <typename T> T *as() const { return static_cast<T *>(pointer); }
 };
 
-bool is_permutation(const int32_t *permutation, int64_t cols) {
-  unsigned char *seen = static_cast<unsigned char *>(calloc(static_cast<size_t>(cols), 1));
-  bool ok = seen != nullptr;
-  for (int64_t i = 0; ok && i < cols; ++i) {
-    int32_t c = permutation[i];
-    ok = c >= 0 && c < cols && !seen[c];
-    if (ok) seen[c] = 1;
-  }
-  free(seen);
-  return ok;
-}
-
 }  // namespace
 
 struct ss_search {
@@ -217,17 +206,10 @@ int ss_search_create(const int32_t *magnitudes, int64_t rows, int64_t cols,
                      int32_t window, const int32_t *quads, int32_t quad_count,
                      const int32_t *partitions, int64_t partition_count,
                      ss_search **out) {
-  if (!magnitudes || !out || rows <= 0 || cols <= 0 || cols % 4) return SS_INVALID_ARGUMENT;
-  if (window < 0 || window % 4 || window > cols || window > kMaxWindow) return SS_INVALID_ARGUMENT;
+  int status = ss_check_create(magnitudes, rows, cols, window, quads, quad_count, partitions,
+                               partition_count, out);
+  if (status != SS_OK) return status;
   const int stripes = window / 4;
-  if (window && (!quads || !partitions || quad_count <= 0 || partition_count <= 0))
-    return SS_INVALID_ARGUMENT;
-  for (int64_t i = 0; i < rows * cols; ++i)
-    if (magnitudes[i] < 0 || magnitudes[i] > SS_MAX_MAGNITUDE) return SS_INVALID_ARGUMENT;
-  for (int64_t i = 0; window && i < (int64_t)quad_count * 4; ++i)
-    if (quads[i] < 0 || quads[i] >= window) return SS_INVALID_ARGUMENT;
-  for (int64_t i = 0; window && i < partition_count * stripes; ++i)
-    if (partitions[i] < 0 || partitions[i] >= quad_count) return SS_INVALID_ARGUMENT;
   if (ss_device_count() == 0) return SS_NO_DEVICE;
 
   ss_search *s = new ss_search;
@@ -263,7 +245,7 @@ int ss_stripe_groups(const ss_search *s, const int32_t *permutation,
   const int stripes = s->window / 4;
   for (int64_t i = 0; i < group_count * stripes; ++i)
     if (groups[i] < 0 || groups[i] >= s->cols / 4) return SS_INVALID_ARGUMENT;
-  if (!is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
+  if (!ss_is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
   if (group_count == 0) return SS_OK;
 
   DeviceBuffer d_permutation, d_groups, d_improvements, d_best;
@@ -302,7 +284,7 @@ int ss_column_swaps(const ss_search *s, const int32_t *permutation,
   if (!s || !permutation || !positions || position_count < 0 || !improvements) return SS_INVALID_ARGUMENT;
   for (int64_t i = 0; i < position_count; ++i)
     if (positions[i] < 0 || positions[i] >= s->cols) return SS_INVALID_ARGUMENT;
-  if (!is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
+  if (!ss_is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
   if (position_count == 0) return SS_OK;
 
   const long long stripe_count = s->cols / 4, pairs = position_count * s->cols;

@@ -7,6 +7,7 @@
  * network of min/max operations with no branches.
  */
 #include "structured_sparsity.h"
+#include "structured_sparsity_checks.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -75,34 +76,14 @@ const char *ss_status_string(int status) {
   }
 }
 
-/* 1 if `permutation` holds each of 0..cols-1 exactly once. */
-static int is_permutation(const int32_t *permutation, int64_t cols) {
-  unsigned char *seen = calloc((size_t)cols, 1);
-  int ok = seen != NULL;
-  for (int64_t i = 0; ok && i < cols; ++i) {
-    int32_t c = permutation[i];
-    ok = c >= 0 && c < cols && !seen[c];
-    if (ok) seen[c] = 1;
-  }
-  free(seen);
-  return ok;
-}
-
 int ss_search_create(const int32_t *magnitudes, int64_t rows, int64_t cols,
                      int32_t window, const int32_t *quads, int32_t quad_count,
                      const int32_t *partitions, int64_t partition_count,
                      ss_search **out) {
-  if (!magnitudes || !out || rows <= 0 || cols <= 0 || cols % 4) return SS_INVALID_ARGUMENT;
-  if (window < 0 || window % 4 || window > cols || window > 32) return SS_INVALID_ARGUMENT;
+  int status = ss_check_create(magnitudes, rows, cols, window, quads, quad_count, partitions,
+                               partition_count, out);
+  if (status != SS_OK) return status;
   int32_t stripes = window / 4;
-  if (window && (!quads || !partitions || quad_count <= 0 || partition_count <= 0))
-    return SS_INVALID_ARGUMENT;
-  for (int64_t i = 0; i < rows * cols; ++i)
-    if (magnitudes[i] < 0 || magnitudes[i] > SS_MAX_MAGNITUDE) return SS_INVALID_ARGUMENT;
-  for (int64_t i = 0; window && i < (int64_t)quad_count * 4; ++i)
-    if (quads[i] < 0 || quads[i] >= window) return SS_INVALID_ARGUMENT;
-  for (int64_t i = 0; window && i < partition_count * stripes; ++i)
-    if (partitions[i] < 0 || partitions[i] >= quad_count) return SS_INVALID_ARGUMENT;
 
   ss_search *s = calloc(1, sizeof *s);
   if (!s) return SS_OUT_OF_MEMORY;
@@ -175,7 +156,7 @@ int ss_stripe_groups(const ss_search *s, const int32_t *permutation,
   const int32_t stripes = s->window / 4;
   for (int64_t i = 0; i < group_count * stripes; ++i)
     if (groups[i] < 0 || groups[i] >= s->cols / 4) return SS_INVALID_ARGUMENT;
-  if (!is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
+  if (!ss_is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
 
   int failed = 0;
   const int64_t work = group_count * s->quad_count * s->rows;
@@ -206,7 +187,7 @@ int ss_column_swaps(const ss_search *s, const int32_t *permutation,
     return SS_INVALID_ARGUMENT;
   for (int64_t i = 0; i < position_count; ++i)
     if (positions[i] < 0 || positions[i] >= s->cols) return SS_INVALID_ARGUMENT;
-  if (!is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
+  if (!ss_is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
 
   const int64_t cols = s->cols, stripe_count = cols / 4;
   int64_t *stripe_scores = malloc(sizeof(int64_t) * stripe_count);
