@@ -14,10 +14,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import tf_asp  # noqa: E402
+import tf_asp
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -75,9 +75,7 @@ def run(
     images, labels = generated_data(steps * batch_size, seed)
     model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=2)
 
-    pruned, total = tf_asp.check_pruned_layers(
-        model, show_all=True, check_structured=True
-    )
+    pruned, total = tf_asp.check_pruned_layers(model, show_all=True, check_structured=True)
     print(f"2:4 sparse layers: {pruned} of {total} Dense/Conv2D layers")
     if output_dir:
         model.export(output_dir, verbose=False)
@@ -91,15 +89,11 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--output_dir", default="./exported_model")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--no_permute", action="store_true", help="prune without permuting"
-    )
+    parser.add_argument("--no_permute", action="store_true", help="prune without permuting")
     parser.add_argument(
         "--plot_to_file", default=None, help="draw the op graph (.png/.pdf/.svg/.dot)"
     )
-    parser.add_argument(
-        "--verbosity", default="WARNING", help="tf_asp log level, e.g. INFO"
-    )
+    parser.add_argument("--verbosity", default="WARNING", help="tf_asp log level, e.g. INFO")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch_size must be positive")

@@ -7,11 +7,19 @@ failed kernel build prints why and leaves the NumPy search path working.
 
 import importlib.util
 import os
+import re
 
-from setuptools import find_packages, setup
+from setuptools import find_packages
+from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+    """The version, written once in tf_asp/__init__.py."""
+    with open(os.path.join(HERE, "tf_asp", "__init__.py")) as source:
+        return re.search(r'^__version__ = "([^"]+)"', source.read(), re.M).group(1)
 
 
 def _build_kernels():
@@ -33,14 +41,13 @@ class BuildPyWithKernels(build_py):
         super().run()
 
 
-TEST_REQUIRES = ["pytest>=7", "pytest-timeout"]
+TEST_REQUIRES = ["pytest>=7", "pytest-timeout", "ruff==0.17.6"]
 
 setup(
     name="tf_asp",
-    version="0.1.0",
+    version=_version(),
     description=(
-        "Automatic 2:4 structured sparsity with channel permutation "
-        "for TensorFlow / Keras 3"
+        "Automatic 2:4 structured sparsity with channel permutation for TensorFlow / Keras 3"
     ),
     long_description=open(os.path.join(HERE, "README.md")).read()
     if os.path.exists(os.path.join(HERE, "README.md"))
@@ -49,7 +56,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tf_asp", "tf_asp.*"]),
     package_data={"tf_asp": ["_lib/*.so"]},
-    install_requires=["numpy>=1.24", "pydot>=2", "tqdm>=4"],
+    install_requires=["numpy>=1.24", "pydot>=2"],
     extras_require={
         "cpu": ["tensorflow-cpu==2.21.0"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],

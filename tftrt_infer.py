@@ -43,9 +43,7 @@ class ServingError(RuntimeError):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="tftrt_infer.py", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="tftrt_infer.py", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument(
         "--use_native_tensorflow",
@@ -59,15 +57,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--saved_model_dir", default="./exported_model")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument(
-        "--warmup", type=int, default=20, help="untimed batches before timing"
-    )
-    parser.add_argument(
-        "--iterations", type=int, default=100, help="batches per timed run"
-    )
-    parser.add_argument(
-        "--runs", type=int, default=5, help="timed runs; the median is reported"
-    )
+    parser.add_argument("--warmup", type=int, default=20, help="untimed batches before timing")
+    parser.add_argument("--iterations", type=int, default=100, help="batches per timed run")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument(
         "--precision",
         type=str.upper,
@@ -78,8 +70,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--tftrt_output_dir",
         default=None,
-        help="where to save the TF-TRT model "
-        "(default: SAVED_MODEL_DIR_tftrt_PRECISION)",
+        help="where to save the TF-TRT model (default: SAVED_MODEL_DIR_tftrt_PRECISION)",
     )
     parser.add_argument("--verbosity", default="INFO", help="tf_asp log level")
     args = parser.parse_args(argv)
@@ -309,9 +300,7 @@ def main(argv=None):
         if args.use_native_tensorflow:
             title = "Native TensorFlow"
         else:
-            convert_with_tftrt(
-                args.saved_model_dir, args.tftrt_output_dir, args.precision, inputs
-            )
+            convert_with_tftrt(args.saved_model_dir, args.tftrt_output_dir, args.precision, inputs)
             converted = tf.saved_model.load(args.tftrt_output_dir)
             expected, function = function(**inputs), serving_function(converted)
             print(

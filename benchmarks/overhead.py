@@ -15,11 +15,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from machine import cpu_name
 
-import tf_asp  # noqa: E402
-from machine import cpu_name  # noqa: E402
+import tf_asp
 
 
 def resnet_style_convnet(width=64, blocks=3):

@@ -16,12 +16,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from machine import cpu_name
 
-import tf_asp  # noqa: E402
-from machine import cpu_name  # noqa: E402
-from tf_asp import masks  # noqa: E402
+import tf_asp
+from tf_asp import masks
 
 
 def randomize_batch_norms(model, seed=0):
@@ -44,7 +44,9 @@ def run(name, device, time_limit):
     ]
     start = time.perf_counter()
     optimizer = tf_asp.AspOptimizerWrapperV2(
-        keras.optimizers.SGD(0.01), model, search_device=device,
+        keras.optimizers.SGD(0.01),
+        model,
+        search_device=device,
         search_time_limit=time_limit,
     )
     wall = time.perf_counter() - start
@@ -55,16 +57,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ResNet50", "MobileNetV2"])
     parser.add_argument("--devices", nargs="+", default=["CPU", "numpy"])
-    parser.add_argument("--time-limit", type=float, default=60.0,
-                        help="search_time_limit per group, seconds")
-    parser.add_argument("--per-layer", action="store_true",
-                        help="print every group's layers and efficacy")
+    parser.add_argument(
+        "--time-limit", type=float, default=60.0, help="search_time_limit per group, seconds"
+    )
+    parser.add_argument(
+        "--per-layer", action="store_true", help="print every group's layers and efficacy"
+    )
     args = parser.parse_args()
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()}")
-    header = (f"{'model':<12} {'backend':<8} {'wall s':>7} {'search s':>8} "
-              f"{'groups':>6} {'C-perm':>10} {'efficacy mean/min/max':>22} "
-              f"{'kept gain':>9} {'verify err':>10}")
+    header = (
+        f"{'model':<12} {'backend':<8} {'wall s':>7} {'search s':>8} "
+        f"{'groups':>6} {'C-perm':>10} {'efficacy mean/min/max':>22} "
+        f"{'kept gain':>9} {'verify err':>10}"
+    )
     print(header)
     for name in args.models:
         for device in args.devices:
@@ -84,8 +90,10 @@ def main():
             )
             if args.per_layer:
                 for group in summary.groups:
-                    print(f"    {group.efficacy:5.1f}%  {group.duration:6.2f} s  "
-                          f"C={group.channels:<5d} {', '.join(group.consumers)}")
+                    print(
+                        f"    {group.efficacy:5.1f}%  {group.duration:6.2f} s  "
+                        f"C={group.channels:<5d} {', '.join(group.consumers)}"
+                    )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ import statistics
 import time
 
 import numpy as np
+from machine import cpu_name
 
 from tf_asp import search
 from tf_asp.search import metrics
-
-from machine import cpu_name
 
 # The published table (V100 GPU; CPU times where the seed lists them).
 PUBLISHED = {
@@ -44,15 +43,20 @@ NUMPY_TIME_LIMIT = 60.0
 def timed(matrix, strategy, device, repeats, time_limit=None):
     results = []
     for _ in range(repeats):
-        results.append(search.find_permutation(matrix, strategy, device=device,
-                                               time_limit=time_limit, seed=0))
+        results.append(
+            search.find_permutation(matrix, strategy, device=device, time_limit=time_limit, seed=0)
+        )
         if results[-1].duration > 2.0:
             break
     return results[-1], statistics.median(r.duration for r in results)
 
 
 def fmt_time(seconds):
-    return "-" if seconds is None else (f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s")
+    return (
+        "-"
+        if seconds is None
+        else (f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s")
+    )
 
 
 def reference_section(devices, repeats):
@@ -60,22 +64,33 @@ def reference_section(devices, repeats):
     print("\n## Reference matrix: np.random.seed(1); rand(128, 64)\n")
     print(f"| {'strategy':<30} | {'magnitude':>9} |")
     print(f"|{'-' * 32}|{'-' * 11}:|")
-    for name, value in (("unpruned", np.abs(m).sum()), ("unstructured 50%", metrics.unstructured_magnitude(m)),
-                        ("50% rows (efficacy 100)", metrics.rows_half_magnitude(m)),
-                        ("default 2:4 (efficacy 0)", metrics.kept_magnitude(m))):
+    for name, value in (
+        ("unpruned", np.abs(m).sum()),
+        ("unstructured 50%", metrics.unstructured_magnitude(m)),
+        ("50% rows (efficacy 100)", metrics.rows_half_magnitude(m)),
+        ("default 2:4 (efficacy 0)", metrics.kept_magnitude(m)),
+    ):
         print(f"| {name:<30} | {value:9.3f} |")
     print()
-    print(f"| {'strategy':<30} | {'backend':<7} | {'magnitude':>9} | {'efficacy':>8} | {'time':>10} "
-          f"| {'published eff.':>14} | {'published GPU':>13} | {'published CPU':>13} |")
-    print(f"|{'-' * 32}|{'-' * 9}|{'-' * 10}:|{'-' * 9}:|{'-' * 11}:|{'-' * 15}:|{'-' * 14}:|{'-' * 14}:|")
+    print(
+        f"| {'strategy':<30} | {'backend':<7} | {'magnitude':>9} | {'efficacy':>8} | {'time':>10} "
+        f"| {'published eff.':>14} | {'published GPU':>13} | {'published CPU':>13} |"
+    )
+    print(
+        f"|{'-' * 32}|{'-' * 9}|{'-' * 10}:|{'-' * 9}:|{'-' * 11}:"
+        f"|{'-' * 15}:|{'-' * 14}:|{'-' * 14}:|"
+    )
     for strategy, (efficacy, gpu, cpu) in PUBLISHED.items():
         for device in devices:
             limit = NUMPY_TIME_LIMIT if device == "numpy" else None
             result, seconds = timed(m, strategy, device, repeats, limit)
             note = " (limit)" if result.timed_out else ""
-            print(f"| {strategy:<30} | {result.backend:<7} | {result.magnitude:9.3f} | {result.efficacy:8.2f} "
-                  f"| {fmt_time(seconds) + note:>10} | {efficacy:14.1f} | {fmt_time(gpu):>13} | {fmt_time(cpu):>13} |",
-                  flush=True)
+            print(
+                f"| {strategy:<30} | {result.backend:<7} | {result.magnitude:9.3f} "
+                f"| {result.efficacy:8.2f} | {fmt_time(seconds) + note:>10} | {efficacy:14.1f} "
+                f"| {fmt_time(gpu):>13} | {fmt_time(cpu):>13} |",
+                flush=True,
+            )
             if strategy.startswith("random"):
                 break  # NumPy on every device
 
@@ -90,8 +105,11 @@ def large_section(devices, repeats):
             limit = NUMPY_TIME_LIMIT if device == "numpy" else None
             result, seconds = timed(m, "optimize_stripe_groups,8,0", device, repeats, limit)
             note = " (limit)" if result.timed_out else ""
-            print(f"| {shape[0]:>4} x {shape[1]:<4} | {result.backend:<7} | {result.efficacy:8.2f} "
-                  f"| {fmt_time(seconds) + note:>10} |", flush=True)
+            print(
+                f"| {shape[0]:>4} x {shape[1]:<4} | {result.backend:<7} | {result.efficacy:8.2f} "
+                f"| {fmt_time(seconds) + note:>10} |",
+                flush=True,
+            )
 
 
 def exhaustive_section(device, count=100):
@@ -101,28 +119,48 @@ def exhaustive_section(device, count=100):
     start = time.perf_counter()
     optimum = [search.find_permutation(m, "exhaustive", device=device) for m in matrices]
     exhaustive_seconds = (time.perf_counter() - start) / count
-    print(f"| {'strategy':<30} | {'mean efficacy':>13} | {'mean gap to optimum':>19} "
-          f"| {'optimum found':>13} | {'time / matrix':>13} |")
+    print(
+        f"| {'strategy':<30} | {'mean efficacy':>13} | {'mean gap to optimum':>19} "
+        f"| {'optimum found':>13} | {'time / matrix':>13} |"
+    )
     print(f"|{'-' * 32}|{'-' * 14}:|{'-' * 20}:|{'-' * 14}:|{'-' * 14}:|")
-    print(f"| {'exhaustive':<30} | {np.mean([r.efficacy for r in optimum]):13.2f} | {'-':>19} "
-          f"| {count:>13} | {fmt_time(exhaustive_seconds):>13} |")
-    for strategy in ("optimize_stripe_groups,8,0", "optimize_stripe_groups,8,100",
-                     "optimize_stripe_groups,12,0", "channel_swap,0", "channel_swap,100"):
+    print(
+        f"| {'exhaustive':<30} | {np.mean([r.efficacy for r in optimum]):13.2f} | {'-':>19} "
+        f"| {count:>13} | {fmt_time(exhaustive_seconds):>13} |"
+    )
+    for strategy in (
+        "optimize_stripe_groups,8,0",
+        "optimize_stripe_groups,8,100",
+        "optimize_stripe_groups,12,0",
+        "channel_swap,0",
+        "channel_swap,100",
+    ):
         start = time.perf_counter()
         results = [search.find_permutation(m, strategy, device=device, seed=0) for m in matrices]
         seconds = (time.perf_counter() - start) / count
         gaps = [o.efficacy - r.efficacy for o, r in zip(optimum, results)]
         found = sum(r.magnitude >= o.magnitude * (1 - 1e-12) for o, r in zip(optimum, results))
-        print(f"| {strategy:<30} | {np.mean([r.efficacy for r in results]):13.2f} "
-              f"| {np.mean(gaps):13.2f} pts. | {found:>13} | {fmt_time(seconds):>13} |", flush=True)
+        print(
+            f"| {strategy:<30} | {np.mean([r.efficacy for r in results]):13.2f} "
+            f"| {np.mean(gaps):13.2f} pts. | {found:>13} | {fmt_time(seconds):>13} |",
+            flush=True,
+        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="+", default=["reference", "large", "exhaustive"],
-                        choices=["reference", "large", "exhaustive"])
-    parser.add_argument("--devices", nargs="+", default=None,
-                        help="backends to time (default: GPU if usable, CPU, numpy)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["reference", "large", "exhaustive"],
+        choices=["reference", "large", "exhaustive"],
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        help="backends to time (default: GPU if usable, CPU, numpy)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     devices = args.devices

@@ -17,9 +17,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_LIBRARY = "libtf_asp_search_cpu.so"
 CUDA_LIBRARY = "libtf_asp_search_cuda.so"
 # Ampere (sm_80) and Hopper (sm_90) binaries, plus PTX for later GPUs.
-CUDA_ARCHS = ("-gencode=arch=compute_80,code=sm_80",
-              "-gencode=arch=compute_90,code=sm_90",
-              "-gencode=arch=compute_80,code=compute_80")
+CUDA_ARCHS = (
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90,code=sm_90",
+    "-gencode=arch=compute_80,code=compute_80",
+)
 
 
 def _compile(attempts, output):
@@ -57,8 +59,18 @@ def build_cuda(out_dir, nvcc=None):
     if nvcc is None:
         return "nvcc not found"
     source = os.path.join(HERE, "structured_sparsity.cu")
-    command = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
-               *CUDA_ARCHS, "-I", HERE, source]
+    command = [
+        nvcc,
+        "-O3",
+        "-std=c++17",
+        "-shared",
+        "-Xcompiler",
+        "-fPIC",
+        *CUDA_ARCHS,
+        "-I",
+        HERE,
+        source,
+    ]
     return _compile([command], os.path.join(out_dir, CUDA_LIBRARY))
 
 
@@ -74,8 +86,7 @@ def build_kernels(out_dir):
             errors[name] = error
             print(f"tf_asp: could not build {name}: {error}", file=sys.stderr)
     if CPU_LIBRARY in errors:
-        print("tf_asp: the permutation search will use its NumPy fallback.",
-              file=sys.stderr)
+        print("tf_asp: the permutation search will use its NumPy fallback.", file=sys.stderr)
     return errors
 
 

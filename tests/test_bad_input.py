@@ -21,17 +21,13 @@ def test_unbuilt_model_is_refused_with_how_to_build_it():
 
 def test_a_non_keras_model_is_refused():
     with pytest.raises(TypeError, match="keras.Model"):
-        tf_asp.AspOptimizerWrapperV2(
-            keras.optimizers.SGD(0.1), tf.Module(), permute=False
-        )
+        tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(0.1), tf.Module(), permute=False)
 
 
 def test_a_keras_2_optimizer_is_refused_and_named_as_such():
     tf_keras = pytest.importorskip("tf_keras")
     with pytest.raises(TypeError, match="Keras 2.*separate feature"):
-        tf_asp.AspOptimizerWrapperV2(
-            tf_keras.optimizers.SGD(0.1), small_mlp(), permute=False
-        )
+        tf_asp.AspOptimizerWrapperV2(tf_keras.optimizers.SGD(0.1), small_mlp(), permute=False)
 
 
 def test_something_that_is_no_optimizer_is_refused():
@@ -51,9 +47,7 @@ def test_the_same_optimizer_cannot_be_wrapped_twice():
 def test_a_model_without_prunable_layers_warns_and_trains_densely():
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(6)])
     with pytest.warns(UserWarning, match="no prunable"):
-        optimizer = tf_asp.AspOptimizerWrapperV2(
-            keras.optimizers.SGD(0.1), model, permute=False
-        )
+        optimizer = tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(0.1), model, permute=False)
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(np.ones((8, 12)), np.ones((8, 6)), verbose=0)
     assert optimizer.masks == []
@@ -75,9 +69,7 @@ def test_nan_or_inf_in_a_kernel_names_the_layer_and_changes_nothing(bad_value):
 
 def test_nan_appearing_before_the_first_step_is_caught_at_build():
     model = small_mlp()
-    optimizer = tf_asp.AspOptimizerWrapperV2(
-        keras.optimizers.SGD(0.1), model, permute=False
-    )
+    optimizer = tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(0.1), model, permute=False)
     model.get_layer("out").kernel.assign(np.full((64, 16), np.nan))
     with pytest.raises(ValueError, match="NaN or Inf"):
         optimizer.build(model.trainable_variables)
@@ -99,9 +91,7 @@ def test_invalid_options_are_refused(option, match):
 
 def test_restored_wrapper_refuses_a_different_model():
     model = small_mlp()
-    optimizer = tf_asp.AspOptimizerWrapperV2(
-        keras.optimizers.SGD(0.1), model, permute=False
-    )
+    optimizer = tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(0.1), model, permute=False)
     clone = tf_asp.AspOptimizerWrapperV2.from_config(optimizer.get_config())
     other = small_mlp(hidden=32)
     with pytest.raises(ValueError, match="shape"):
@@ -113,10 +103,10 @@ def test_importing_without_tensorflow_says_what_to_install():
     import sys
 
     # `sys.modules[name] = None` makes `import name` fail as if uninstalled.
-    code = "import sys; sys.modules['tensorflow'] = None; import tf_asp"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; import tf_asp; tf_asp.AspOptimizerWrapperV2"
     )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "ImportError" in result.stderr
     assert "pip install 'tf_asp[cpu]'" in result.stderr

@@ -9,8 +9,8 @@ import importlib.util
 import os
 import pathlib
 import re
-import subprocess
 import statistics
+import subprocess
 import sys
 import time
 
@@ -94,17 +94,13 @@ def test_keras_file_continues_fine_tuning_with_the_same_masks(demo, tmp_path):
     model.save(tmp_path / "pruned.keras")
     loaded = keras.models.load_model(tmp_path / "pruned.keras")
     pruned = prunable_kernel_paths(model)
-    zeros_before = {
-        v.path: v.numpy() == 0 for v in loaded.trainable_variables if v.path in pruned
-    }
+    zeros_before = {v.path: v.numpy() == 0 for v in loaded.trainable_variables if v.path in pruned}
     images, labels = load_script("main").generated_data(32, seed=1)
     loaded.fit(images, labels, batch_size=16, epochs=1, verbose=0)
 
     assert type(loaded.optimizer).__name__ == "AspOptimizerWrapperV2"
     assert int(loaded.optimizer.iterations) == 3 + 2
-    zeros_after = {
-        v.path: v.numpy() == 0 for v in loaded.trainable_variables if v.path in pruned
-    }
+    zeros_after = {v.path: v.numpy() == 0 for v in loaded.trainable_variables if v.path in pruned}
     assert zeros_before.keys() == pruned
     for path in pruned:
         np.testing.assert_array_equal(zeros_after[path], zeros_before[path], path)
@@ -164,7 +160,7 @@ def test_report_judges_tensor_core_shapes_of_saved_kernels_as_the_pruner_does(
     dims = [(16, 8), (32, 24), (16, 12), (20, 8), (8, 16), (48, 4)]
     inputs = [keras.Input((4, 4, c)) for c, _ in dims]
     outputs = []
-    for index, (x, (c, k)) in enumerate(zip(inputs, dims)):
+    for x, (c, k) in zip(inputs, dims):
         conv = keras.layers.Conv2D(k, 3, name=f"conv_{c}_{k}")(x)
         dense = keras.layers.Dense(k, name=f"dense_{c}_{k}")(x)
         outputs += [keras.layers.Flatten()(conv), keras.layers.Flatten()(dense)]
@@ -183,9 +179,7 @@ def test_report_judges_tensor_core_shapes_of_saved_kernels_as_the_pruner_does(
         "conv_32_24/kernel",
         "dense_32_24/kernel",
     }
-    assert [row.name for row in from_savedmodel.rows if row.is_2to4] == [
-        "dense_32_24/kernel"
-    ]
+    assert [row.name for row in from_savedmodel.rows if row.is_2to4] == ["dense_32_24/kernel"]
     reasons = {row.name: row.reason for row in from_savedmodel.rows}
     assert "output dim 12" in reasons["dense_16_12/kernel"]
     assert "input dim 20" in reasons["conv_20_8/kernel"]
@@ -197,9 +191,7 @@ def test_report_prints_a_table_and_a_summary(demo, capsys):
     table = capsys.readouterr().out
     assert re.search(r"conv2d_1/kernel +\(3, 3, 32, 64\) +50\.0% +yes +yes", table)
     assert re.search(r"logits/kernel .* no +no: output dim 10", table)
-    assert last_line(table).startswith(
-        "3 of 5 kernels are 2:4 with a sparse-Tensor-Core shape;"
-    )
+    assert last_line(table).startswith("3 of 5 kernels are 2:4 with a sparse-Tensor-Core shape;")
 
 
 def test_report_command_line_prints_the_table(demo):
@@ -219,9 +211,7 @@ def test_report_command_line_prints_the_table(demo):
     ],
     ids=["missing path", "plain directory", "plain file"],
 )
-def test_report_rejects_a_path_that_is_not_a_savedmodel(
-    tmp_path, make_path, error, message
-):
+def test_report_rejects_a_path_that_is_not_a_savedmodel(tmp_path, make_path, error, message):
     (tmp_path / "weights.txt").write_text("not a model")
     with pytest.raises(error, match=message):
         sparsity_report(make_path(tmp_path))
@@ -251,9 +241,7 @@ def test_command_lines_reject_a_bad_path_with_one_sentence(command, path, messag
     if command == "report":
         result = run_command("-m", "tf_asp.report", path)
     else:
-        result = run_command(
-            "tftrt_infer.py", "--use_native_tensorflow", "--saved_model_dir", path
-        )
+        result = run_command("tftrt_infer.py", "--use_native_tensorflow", "--saved_model_dir", path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert message in last_line(result.stderr)
@@ -274,10 +262,7 @@ def test_native_serving_reports_structure_then_median_throughput(demo):
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert (
-        "Sparse Tensor Cores can run: conv2d_1/kernel, conv2d_2/kernel, dense/kernel"
-        in out
-    )
+    assert "Sparse Tensor Cores can run: conv2d_1/kernel, conv2d_2/kernel, dense/kernel" in out
     assert out.index("Sparsity report") < out.index("Average throughput")
     runs = [float(t) for t in re.findall(r"run \d: ([\d.]+) samples/sec", out)]
     average = re.search(r"Average throughput: ([\d.]+) samples/sec", out)

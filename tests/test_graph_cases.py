@@ -47,9 +47,7 @@ def permute_randomly(model, seed=0, **trace_options):
     arguments = inputs[0] if len(inputs) == 1 else inputs
     before = [np.asarray(y) for y in tf.nest.flatten(model(arguments, training=False))]
     rng = np.random.default_rng(seed)
-    permutations = {
-        g.id: rng.permutation(g.channels) for g in groups if g.skip_reason is None
-    }
+    permutations = {g.id: rng.permutation(g.channels) for g in groups if g.skip_reason is None}
     apply.assign(apply.permuted_values(groups, permutations))
     after = [np.asarray(y) for y in tf.nest.flatten(model(arguments, training=False))]
     return groups, apply.relative_error(before, after)
@@ -159,7 +157,11 @@ def test_long_chain_of_infer_and_clear_ops_reaches_the_producer():
     (group,) = [g for g in groups if g.skip_reason is None]
     assert sorted(v.path for v in group.vectors) == sorted(
         ["conv1/bias"]
-        + [f"{n}/{w}" for n in ("bn_a", "bn_b") for w in ("gamma", "beta", "moving_mean", "moving_variance")]
+        + [
+            f"{n}/{w}"
+            for n in ("bn_a", "bn_b")
+            for w in ("gamma", "beta", "moving_mean", "moving_variance")
+        ]
     )
 
 
@@ -169,9 +171,7 @@ def test_sibling_that_cannot_be_pruned_is_permuted_with_its_group():
     sees only the prunable kernel."""
     x = keras.Input((32,))
     h = layers.Dense(32, activation="relu", name="hidden")(x)
-    model = keras.Model(
-        x, [layers.Dense(16, name="pruned")(h), layers.Dense(4, name="small")(h)]
-    )
+    model = keras.Model(x, [layers.Dense(16, name="pruned")(h), layers.Dense(4, name="small")(h)])
     groups, error = permute_randomly(model)
     assert error <= TOLERANCE
     assert permuted_sets(groups) == ({"pruned", "small"}, {"hidden"})

@@ -33,8 +33,12 @@ class FusedBatchNorm(layers.Layer):
 
     def call(self, x):
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            x, self.scale, self.offset, mean=self.mean,
-            variance=self.variance, is_training=False,
+            x,
+            self.scale,
+            self.offset,
+            mean=self.mean,
+            variance=self.variance,
+            is_training=False,
         )
         return y
 
@@ -92,7 +96,9 @@ EXAMPLES = {
     "MaxPool": lambda: layers.MaxPooling2D(2),
     "AvgPool": lambda: layers.AveragePooling2D(2),
     "Pad": lambda: layers.ZeroPadding2D(1),
-    "PadV2": lambda: lam(lambda t: tf.pad(t, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.0)),
+    "PadV2": lambda: lam(
+        lambda t: tf.pad(t, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.0)
+    ),
     "MirrorPad": lambda: lam(lambda t: tf.pad(t, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")),
     "ConcatV2": lambda: lam(lambda t: tf.concat([t, 2.0 * t], axis=1)),
     "Softmax": lambda: layers.Activation("softmax"),

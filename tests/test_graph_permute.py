@@ -6,12 +6,12 @@ import logging
 import keras
 import numpy as np
 import pytest
+from test_graph_cases import randomize_normalization
 
 import tf_asp
 from tf_asp import masks
 from tf_asp.graph import PermutationSummary
 from tf_asp.graph import permute_model
-from test_graph_cases import randomize_normalization
 
 layers = keras.layers
 
@@ -19,8 +19,11 @@ layers = keras.layers
 def residual_model():
     """A small ResNet-style model: siblings share the residual stream."""
     x = keras.Input((8, 8, 16))
-    stem = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(
-        layers.Conv2D(32, 3, padding="same", name="stem")(x)))
+    stem = layers.ReLU()(
+        layers.BatchNormalization(name="stem_bn")(
+            layers.Conv2D(32, 3, padding="same", name="stem")(x)
+        )
+    )
     h = layers.ReLU()(layers.Conv2D(64, 1, name="block_1")(stem))
     h = layers.Conv2D(32, 3, padding="same", name="block_2")(h)
     y = layers.ReLU()(layers.Add()([stem, layers.BatchNormalization(name="block_bn")(h)]))
@@ -98,7 +101,9 @@ def test_no_verification_when_turned_off():
 
 def test_plot_through_permute_model(tmp_path):
     permute_model(
-        residual_model(), search_device="numpy", search_time_limit=1,
+        residual_model(),
+        search_device="numpy",
+        search_time_limit=1,
         plot_to_file=tmp_path / "model.dot",
     )
     text = (tmp_path / "model.dot").read_text()

@@ -30,7 +30,7 @@ def plot(model, path):
 
 
 def node_label(dot_text, op_name):
-    match = re.search(r'"%s" \[label="([^"]*)", fillcolor=(\w+)' % re.escape(op_name), dot_text)
+    match = re.search(rf'"{re.escape(op_name)}" \[label="([^"]*)", fillcolor=(\w+)', dot_text)
     assert match, f"no node {op_name} in the plot"
     return match.group(1), match.group(2)
 

@@ -7,10 +7,10 @@ counts are pinned: a change in what tf_asp can reach shows up here.
 
 import keras
 import pytest
-
-from tf_asp.masks import unprunable_reason
 from test_graph_cases import permute_randomly
 from test_graph_cases import randomize_normalization
+
+from tf_asp.masks import unprunable_reason
 
 # model -> (prunable layers C-permuted, prunable layers). DenseNet121's 1x1
 # convolutions read channel concatenations, which tf_asp does not permute.
@@ -41,9 +41,7 @@ def test_zoo_model_keeps_its_function(name):
 
     assert error <= 1e-5
     prunable = prunable_layers(model)
-    permuted = {
-        id(k.layer) for g in groups if g.skip_reason is None for k in g.prunable_consumers
-    }
+    permuted = {id(k.layer) for g in groups if g.skip_reason is None for k in g.prunable_consumers}
     assert permuted <= {id(layer) for layer in prunable}
     print(f"{name}: {len(permuted)}/{len(prunable)} prunable layers C-permuted")
     assert (len(permuted), len(prunable)) == ZOO[name]

@@ -14,7 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_module():
-    spec = importlib.util.spec_from_file_location("kernel_build", os.path.join(REPO, "kernels", "build.py"))
+    spec = importlib.util.spec_from_file_location(
+        "kernel_build", os.path.join(REPO, "kernels", "build.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

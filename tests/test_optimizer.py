@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 import tf_asp
+from tests.conftest import regression_data
+from tests.conftest import small_mlp
 from tf_asp import masks
-from tests.conftest import regression_data, small_mlp
 
 OPTIMIZERS = {
     "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
@@ -138,9 +139,7 @@ def test_learning_rate_reads_and_writes_through_to_the_wrapped_optimizer():
 
 def test_padding_prunes_dense_kernels_whose_input_dim_does_not_divide():
     def model():
-        return keras.Sequential(
-            [keras.Input((18,)), keras.layers.Dense(8, name="odd")]
-        )
+        return keras.Sequential([keras.Input((18,)), keras.layers.Dense(8, name="odd")])
 
     unpadded = model()
     train_steps(unpadded, wrap(unpadded), 2)
@@ -159,17 +158,13 @@ def test_checkpoint_restore_continues_with_the_same_masks(tmp_path):
     optimizer = wrap(model, keras.optimizers.Adam(0.01))
     train_steps(model, optimizer, 5)
     saved_masks = [np.array(m) for m in optimizer.masks]
-    path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(
-        str(tmp_path / "ckpt")
-    )
+    path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / "ckpt"))
 
     keras.utils.set_random_seed(99)  # a different initialization
     fresh_model = small_mlp()
     fresh = wrap(fresh_model, keras.optimizers.Adam(0.01))
     fresh.build(fresh_model.trainable_variables)
-    tf.train.Checkpoint(model=fresh_model, optimizer=fresh).restore(
-        path
-    ).assert_consumed()
+    tf.train.Checkpoint(model=fresh_model, optimizer=fresh).restore(path).assert_consumed()
     assert int(fresh.iterations) == 5
     train_steps(fresh_model, fresh, 5)
     assert int(fresh.iterations) == 10

@@ -324,8 +324,15 @@ def test_a_file_that_is_not_a_library_cannot_be_loaded(tmp_path):
 
 @pytest.mark.parametrize(
     "spelling, canonical",
-    [("cpu", "CPU"), ("CPU", "CPU"), ("gpu", "GPU"), ("Gpu", "GPU"), ("cuda", "GPU"),
-     ("AUTO", "auto"), ("NumPy", "numpy")],
+    [
+        ("cpu", "CPU"),
+        ("CPU", "CPU"),
+        ("gpu", "GPU"),
+        ("Gpu", "GPU"),
+        ("cuda", "GPU"),
+        ("AUTO", "auto"),
+        ("NumPy", "numpy"),
+    ],
 )
 def test_check_device_accepts_any_case(spelling, canonical):
     assert backends.check_device(spelling) == canonical

@@ -42,15 +42,29 @@ def runs(tmp_path_factory):
     np.save(folder / "conv.npy", conv_kernel())
     commands = {
         "default": ["optimize_stripe_groups,8,0", "channel_swap,0"],
-        "conv": ["--infile", str(folder / "conv.npy"), "--print_permutation", "1",
-                 "--check_permutation", "1", "--intermediate_steps", "3",
-                 "optimize_stripe_groups,8,0"],
+        "conv": [
+            "--infile",
+            str(folder / "conv.npy"),
+            "--print_permutation",
+            "1",
+            "--check_permutation",
+            "1",
+            "--intermediate_steps",
+            "3",
+            "optimize_stripe_groups,8,0",
+        ],
         "missing": ["--infile", str(folder / "missing.npy"), "optimize_stripe_groups,8,0"],
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     processes = {
-        name: subprocess.Popen([sys.executable, "-m", "tf_asp.search", *arguments], cwd=REPO,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            [sys.executable, "-m", "tf_asp.search", *arguments],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name, arguments in commands.items()
     }
     results = {}
@@ -92,8 +106,15 @@ def test_default_matrix_prints_the_published_table(runs):
     assert rows["default 2:4"][:2] == ["2852.377", "0.0"]
     assert rows["optimize_stripe_groups,8,0"][:2] == ["2919.759", "35.5"]
     assert float(rows["channel_swap,0"][1]) >= 32.05
-    assert list(rows) == ["strategy", "unpruned", "unstructured", "50% rows", "default 2:4",
-                          "optimize_stripe_groups,8,0", "channel_swap,0"]
+    assert list(rows) == [
+        "strategy",
+        "unpruned",
+        "unstructured",
+        "50% rows",
+        "default 2:4",
+        "optimize_stripe_groups,8,0",
+        "channel_swap,0",
+    ]
 
 
 def test_pretty_table_aligns_its_columns(runs):
@@ -176,8 +197,22 @@ def test_csv_output_has_no_padding(capsys):
 
 
 def test_random_matrix_follows_channels_filters_and_seed(capsys):
-    assert main(["--channels", "16", "--filters", "8", "--seed", "3", "--pretty_print", "0",
-                 "channel_swap,0"]) == 0
+    assert (
+        main(
+            [
+                "--channels",
+                "16",
+                "--filters",
+                "8",
+                "--seed",
+                "3",
+                "--pretty_print",
+                "0",
+                "channel_swap,0",
+            ]
+        )
+        == 0
+    )
     rows = table(capsys.readouterr().out)
     matrix = np.random.RandomState(3).rand(8, 16)
     assert rows["unpruned"][0] == f"{matrix.sum():.3f}"
@@ -185,8 +220,21 @@ def test_random_matrix_follows_channels_filters_and_seed(capsys):
 
 
 def test_negative_unstructured_prints_the_lossless_sparsity(capsys):
-    assert main(["--channels", "8", "--filters", "8", "--unstructured", "-1",
-                 "optimize_stripe_groups,8,0", "random,20"]) == 0
+    assert (
+        main(
+            [
+                "--channels",
+                "8",
+                "--filters",
+                "8",
+                "--unstructured",
+                "-1",
+                "optimize_stripe_groups,8,0",
+                "random,20",
+            ]
+        )
+        == 0
+    )
     rows = table(capsys.readouterr().out)
     for strategy in ("optimize_stripe_groups,8,0", "random,20"):
         magnitude, efficacy, sparsity = rows[strategy]
@@ -195,8 +243,22 @@ def test_negative_unstructured_prints_the_lossless_sparsity(capsys):
 
 
 def test_unstructured_fraction_prunes_before_the_search(capsys):
-    assert main(["--channels", "16", "--filters", "8", "--unstructured", "0.5",
-                 "--pretty_print", "0", "exhaustive"]) == 0
+    assert (
+        main(
+            [
+                "--channels",
+                "16",
+                "--filters",
+                "8",
+                "--unstructured",
+                "0.5",
+                "--pretty_print",
+                "0",
+                "exhaustive",
+            ]
+        )
+        == 0
+    )
     rows = table(capsys.readouterr().out)
     matrix = np.random.RandomState(1).rand(8, 16)
     assert rows["unpruned"][0] == f"{metrics.unstructured_magnitude(matrix, 0.5):.3f}"
@@ -253,7 +315,23 @@ def test_unknown_device_is_a_one_line_error(capsys):
 
 
 def test_time_limit_is_noted_in_the_table(capsys):
-    assert main(["--channels", "1024", "--filters", "64", "--time_limit", "0.05", "--device", "CPU",
-                 "--pretty_print", "0", "optimize_stripe_groups,8,1000000"]) == 0
+    assert (
+        main(
+            [
+                "--channels",
+                "1024",
+                "--filters",
+                "64",
+                "--time_limit",
+                "0.05",
+                "--device",
+                "CPU",
+                "--pretty_print",
+                "0",
+                "optimize_stripe_groups,8,1000000",
+            ]
+        )
+        == 0
+    )
     duration = table(capsys.readouterr().out)["optimize_stripe_groups,8,1000000"][2]
     assert duration.endswith("(time limit)")

@@ -47,13 +47,13 @@ def python_rows_half(matrix):
     total = 0.0
     for row in matrix:
         ordered = sorted(abs(float(v)) for v in row)
-        total += sum(ordered[len(ordered) // 2:])
+        total += sum(ordered[len(ordered) // 2 :])
     return total
 
 
 def python_unstructured(matrix, sparsity=0.5):
     ordered = sorted(abs(float(v)) for row in matrix for v in row)
-    return sum(ordered[int(round(sparsity * len(ordered))):])
+    return sum(ordered[int(round(sparsity * len(ordered))) :])
 
 
 # --- metrics against brute force -------------------------------------------
@@ -79,10 +79,12 @@ def test_kept_magnitude_permutes_columns_first(shape):
 
 def test_kept_magnitude_handles_ties_and_zeros():
     """Equal magnitudes still keep exactly two of each group."""
-    matrix = np.array([
-        [1.0, -1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
-        [2.0, 0.0, -2.0, 0.0, 3.0, 3.0, -3.0, 3.0],
-    ])
+    matrix = np.array(
+        [
+            [1.0, -1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+            [2.0, 0.0, -2.0, 0.0, 3.0, 3.0, -3.0, 3.0],
+        ]
+    )
     assert metrics.kept_magnitude(matrix) == 2.0 + 0.0 + 4.0 + 6.0
 
 

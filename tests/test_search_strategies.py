@@ -179,9 +179,13 @@ def test_find_permutation_runs_the_named_strategy():
 
 def test_parse_strategy_fills_in_the_default_arguments():
     assert search.parse_strategy("optimize_stripe_groups") == (
-        search.optimize_stripe_groups, {"window": 8, "escape_attempts": 100})
+        search.optimize_stripe_groups,
+        {"window": 8, "escape_attempts": 100},
+    )
     assert search.parse_strategy("optimize_stripe_groups,12") == (
-        search.optimize_stripe_groups, {"window": 12, "escape_attempts": 100})
+        search.optimize_stripe_groups,
+        {"window": 12, "escape_attempts": 100},
+    )
     assert search.parse_strategy("channel_swap,3") == (search.channel_swap, {"escape_attempts": 3})
     assert search.parse_strategy("random") == (search.random_permutations, {"count": 10})
     assert search.parse_strategy("exhaustive") == (search.exhaustive, {})
@@ -266,8 +270,14 @@ print(channel_swap(m, 20, seed=3).permutation.tolist())
 def test_same_seed_gives_the_same_permutation_in_fresh_processes():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     processes = [
-        subprocess.Popen([sys.executable, "-c", DETERMINISM_SCRIPT], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", DETERMINISM_SCRIPT],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = []

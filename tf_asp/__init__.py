@@ -1,7 +1,7 @@
-"""tf_asp: automatic 2:4 structured sparsity for TensorFlow / Keras 3.
+"""tf_asp: automatic 2:4 structured sparsity for TensorFlow / Keras.
 
-Wrap the optimizer, fine-tune, and every eligible Dense and Conv2D kernel keeps
-exactly 2 of every 4 weights along its input channels:
+Wrap the optimizer, fine-tune, and every eligible GEMM kernel keeps exactly 2
+of every 4 weights along its input channels:
 
 ```python
 import tf_asp
@@ -11,20 +11,46 @@ model.compile(optimizer=optimizer, loss="mse")
 model.fit(x, y)
 tf_asp.check_pruned_layers(model, check_structured=True)
 ```
+
+The Keras-facing names load TensorFlow on first use, so `tf_asp.search` (the
+permutation search and its command line) needs only NumPy.
 """
 
-try:
-    import tensorflow  # noqa: F401
-except ImportError as error:  # pragma: no cover - exercised without TF only
-    raise ImportError(
-        "tf_asp needs TensorFlow 2.21 with Keras 3, which is not installed. "
-        "Install it with `pip install 'tf_asp[cpu]'` (tensorflow-cpu) or "
-        "`pip install 'tf_asp[gpu]'` (tensorflow[and-cuda])."
-    ) from error
+import importlib
 
 from tf_asp.log import set_verbosity
-from tf_asp.masks import check_pruned_layers
-from tf_asp.optimizer import AspOptimizerWrapper
-from tf_asp.optimizer import AspOptimizerWrapperV2
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# Public names that need TensorFlow, and the module that defines each.
+_TENSORFLOW_NAMES = {
+    "AspOptimizerWrapper": "tf_asp.optimizer",
+    "AspOptimizerWrapperV2": "tf_asp.optimizer",
+    "check_pruned_layers": "tf_asp.masks",
+    "sparsity_report": "tf_asp.report",
+}
+
+TENSORFLOW_MISSING = (
+    "tf_asp needs TensorFlow 2.21 with Keras 3 for {name}, and TensorFlow is "
+    "not installed. Install it with `pip install 'tf_asp[cpu]'` "
+    "(tensorflow-cpu) or `pip install 'tf_asp[gpu]'` (tensorflow[and-cuda]); "
+    "tf_asp.search works without it."
+)
+
+
+def __getattr__(name):
+    module = _TENSORFLOW_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tf_asp' has no attribute {name!r}")
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as error:
+        raise ImportError(TENSORFLOW_MISSING.format(name=f"tf_asp.{name}")) from error
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_TENSORFLOW_NAMES))
+
+
+__all__ = ["__version__", "set_verbosity", *sorted(_TENSORFLOW_NAMES)]

@@ -57,10 +57,7 @@ def unprunable_reason(layer, padding=False):
         return f"output dim {outputs} of kernel {shape} is not a multiple of 8"
     if channels % 16 and not (padding and is_dense):
         hint = " (padding=True would prune it)" if is_dense else ""
-        return (
-            f"input dim {channels} of kernel {shape} is not a multiple "
-            f"of 16{hint}"
-        )
+        return f"input dim {channels} of kernel {shape} is not a multiple of 16{hint}"
     return None
 
 

@@ -117,8 +117,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 )
             elif plot_to_file is not None:
                 raise ValueError(
-                    "plot_to_file draws the permutation of the op graph; it "
-                    "needs permute=True."
+                    "plot_to_file draws the permutation of the op graph; it needs permute=True."
                 )
             self._masked_variable_ids = {id(k) for k in kernels.values()}
             masked_variables = _positions(model.trainable_variables, kernels)
@@ -195,8 +194,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             trainable_variables = self._trainable_variables
         trainable_variables = list(trainable_variables)
         pairs = [
-            (variable, self._masks.get(self._var_key(variable)))
-            for variable in trainable_variables
+            (variable, self._masks.get(self._var_key(variable))) for variable in trainable_variables
         ]
         pairs = [(variable, mask) for variable, mask in pairs if mask is not None]
 
@@ -220,9 +218,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             variable.assign(variable * mask)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        raise NotImplementedError(
-            "AspOptimizerWrapperV2 supports the TensorFlow backend only."
-        )
+        raise NotImplementedError("AspOptimizerWrapperV2 supports the TensorFlow backend only.")
 
     @property
     def learning_rate(self):
@@ -242,9 +238,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     def get_config(self):
         return {
             "name": self.name,
-            "inner_optimizer": keras.saving.serialize_keras_object(
-                self.inner_optimizer
-            ),
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
             "padding": self.padding,
             "search_device": self.search_device,
             "search_time_limit": self.search_time_limit,
@@ -285,8 +279,7 @@ def _mask_gradient(grad, mask):
 def _check_optimizer(optimizer):
     if isinstance(optimizer, AspOptimizerWrapperV2):
         raise ValueError(
-            "This optimizer is already an AspOptimizerWrapperV2; wrap the "
-            "plain optimizer once."
+            "This optimizer is already an AspOptimizerWrapperV2; wrap the plain optimizer once."
         )
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         module = type(optimizer).__module__
@@ -310,10 +303,7 @@ def _check_optimizer(optimizer):
 
 def _check_search_options(search_device, search_time_limit, plot_to_file):
     if search_device not in SEARCH_DEVICES:
-        raise ValueError(
-            f"search_device must be one of {SEARCH_DEVICES}; "
-            f"got {search_device!r}."
-        )
+        raise ValueError(f"search_device must be one of {SEARCH_DEVICES}; got {search_device!r}.")
     if search_time_limit is not None and not (
         isinstance(search_time_limit, (int, float)) and search_time_limit > 0
     ):

@@ -24,3 +24,15 @@ from tf_asp.graph.permute import PermutationError
 from tf_asp.graph.permute import PermutationSummary
 from tf_asp.graph.permute import SkippedGroup
 from tf_asp.graph.permute import permute_model
+
+__all__ = [
+    "ALLOW_OPS",
+    "CLEAR_OPS",
+    "INFER_OPS",
+    "SKIP_OPS",
+    "GroupResult",
+    "PermutationError",
+    "PermutationSummary",
+    "SkippedGroup",
+    "permute_model",
+]

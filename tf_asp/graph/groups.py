@@ -88,9 +88,7 @@ class Group:
         `(C, K)` kernel as `(K, C)`, a Conv2D `(H, W, C, K)` kernel as
         `(K*H*W, C)`); siblings are stacked along the rows.
         """
-        return np.concatenate(
-            [as_search_matrix(k.variable) for k in self.prunable_consumers]
-        )
+        return np.concatenate([as_search_matrix(k.variable) for k in self.prunable_consumers])
 
 
 def find_groups(graph, padding=False):
@@ -251,7 +249,9 @@ class _Analysis:
         shape = tuple(variable.shape)
         if _channels(x) != shape[-2] or _channels(y) != shape[-1]:
             # A grouped convolution's kernel sees a slice of the channels.
-            return self._unsupported(op, f"{op.type} '{op.name}' kernel {shape} does not match its input")
+            return self._unsupported(
+                op, f"{op.type} '{op.name}' kernel {shape} does not match its input"
+            )
         self._union(_slot(x), _variable_slot(variable, -2))
         self._union(_slot(y), _variable_slot(variable, -1))
         self.gemms.append((op, variable))
@@ -307,7 +307,9 @@ class _Analysis:
             if _free(_channels(t)):
                 continue
             if not self._tie(t, y):
-                return self._unsupported(op, f"{op.type} '{op.name}' broadcasts across the channels")
+                return self._unsupported(
+                    op, f"{op.type} '{op.name}' broadcasts across the channels"
+                )
             if t.ref() not in self.data:
                 role = "infer"  # the operand is computed from variables only
         return role
@@ -472,7 +474,7 @@ def _layers_by_variable(model):
     """id(variable) -> the innermost layer that owns it."""
     owners = {}
     layers = list(model._flatten_layers(include_self=True, recursive=True))
-    for layer in sorted(layers, key=lambda l: -len(l.weights)):
+    for layer in sorted(layers, key=lambda layer: -len(layer.weights)):
         for variable in layer.weights:
             owners[id(variable)] = layer
     return owners

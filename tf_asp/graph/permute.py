@@ -158,7 +158,10 @@ def permute_model(
             if not kernel.prunable:
                 logger.debug(
                     "Permutation group %d: %s is C-permuted with its siblings "
-                    "but not searched on (%s)", group.id, kernel.name, kernel.reason,
+                    "but not searched on (%s)",
+                    group.id,
+                    kernel.name,
+                    kernel.reason,
                 )
 
     permutations, results = {}, []
@@ -180,9 +183,7 @@ def permute_model(
     error = None
     if verify:
         error = _verify(graph, before, active, permutations, originals)
-    summary = PermutationSummary(
-        tuple(results), skipped, error, time.perf_counter() - start
-    )
+    summary = PermutationSummary(tuple(results), skipped, error, time.perf_counter() - start)
     logger.info("%s", str(summary).splitlines()[0])
     if plot_to_file is not None:
         from tf_asp.graph.plot import plot_graph
@@ -234,11 +235,14 @@ def _verify(graph, before, groups, permutations, originals):
         if apply.relative_error(before, graph.run()) > VERIFY_TOLERANCE:
             culprits.append(group)
         apply.assign(previous)
-    names = "; ".join(
-        f"group {g.id} (C-permuted {', '.join(g.consumer_names)}; K-permuted "
-        f"{', '.join(g.producer_names) or '-'})"
-        for g in culprits
-    ) or "the groups together"
+    names = (
+        "; ".join(
+            f"group {g.id} (C-permuted {', '.join(g.consumer_names)}; K-permuted "
+            f"{', '.join(g.producer_names) or '-'})"
+            for g in culprits
+        )
+        or "the groups together"
+    )
     raise PermutationError(
         f"The permuted model's outputs differ from the original's (relative "
         f"error {error:.2e} > {VERIFY_TOLERANCE:.0e}) because of {names}. "

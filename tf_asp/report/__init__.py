@@ -105,9 +105,7 @@ class SparsityReport:
         table = [f"Sparsity report of {self.source}"]
         for cells in [header] + lines:
             table.append(
-                "  ".join(cell.ljust(width) for cell, width in zip(cells, widths))
-                + "  "
-                + cells[4]
+                "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + "  " + cells[4]
             )
         table.append(self.summary())
         return "\n".join(table)
@@ -144,9 +142,7 @@ def sparsity_report(model_or_path, print_table=True):
     import keras
 
     if isinstance(model_or_path, keras.Model):
-        report = SparsityReport(
-            f"model '{model_or_path.name}'", _model_rows(model_or_path)
-        )
+        report = SparsityReport(f"model '{model_or_path.name}'", _model_rows(model_or_path))
     elif isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         report = SparsityReport(path, _path_rows(path))
@@ -170,9 +166,7 @@ def _model_rows(model):
                 "so it has no kernel to report; build the model first (call "
                 "it on a batch or use keras.Input)."
             )
-        rows.append(
-            _row(kernel.path, np.asarray(kernel), masks.unprunable_reason(layer))
-        )
+        rows.append(_row(kernel.path, np.asarray(kernel), masks.unprunable_reason(layer)))
     return tuple(rows)
 
 
@@ -226,9 +220,7 @@ def _saved_variables(loaded):
     variables = getattr(loaded, "variables", None)
     if variables is None:
         variables = [
-            variable
-            for signature in loaded.signatures.values()
-            for variable in signature.variables
+            variable for signature in loaded.signatures.values() for variable in signature.variables
         ]
     return list({id(variable): variable for variable in variables}.values())
 

@@ -56,11 +56,9 @@ def parse_strategy(text):
         "exhaustive": (exhaustive, (), ()),
     }
     if name not in forms or len(numbers) > len(forms[name][1]):
-        raise ValueError(
-            f"Unknown strategy {text!r}; use one of: {', '.join(STRATEGY_FORMS)}."
-        )
+        raise ValueError(f"Unknown strategy {text!r}; use one of: {', '.join(STRATEGY_FORMS)}.")
     function, names, defaults = forms[name]
-    values = numbers + list(defaults[len(numbers):])
+    values = numbers + list(defaults[len(numbers) :])
     return function, dict(zip(names, values))
 
 
@@ -120,13 +118,26 @@ def as_search_matrix(kernel):
     if kernel.ndim == 4:
         return kernel.transpose(3, 0, 1, 2).reshape(-1, kernel.shape[2])
     raise ValueError(
-        f"A kernel must be 2-D (Dense, (C, K)) or 4-D (Conv2D, (H, W, C, K)); got shape {kernel.shape}."
+        "A kernel must be 2-D (Dense, (C, K)) or 4-D (Conv2D, (H, W, C, K)); "
+        f"got shape {kernel.shape}."
     )
 
 
 __all__ = [
-    "DEVICES", "KernelLibraryError", "SearchResult", "as_search_matrix",
-    "channel_swap", "default_strategy", "efficacy", "exhaustive", "find_permutation", "kept_magnitude",
-    "optimize_stripe_groups", "parse_strategy", "random_permutations", "rows_half_magnitude",
-    "select_backend", "unstructured_magnitude",
+    "DEVICES",
+    "KernelLibraryError",
+    "SearchResult",
+    "as_search_matrix",
+    "channel_swap",
+    "default_strategy",
+    "efficacy",
+    "exhaustive",
+    "find_permutation",
+    "kept_magnitude",
+    "optimize_stripe_groups",
+    "parse_strategy",
+    "random_permutations",
+    "rows_half_magnitude",
+    "select_backend",
+    "unstructured_magnitude",
 ]

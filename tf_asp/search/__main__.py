@@ -2,7 +2,8 @@
 
     python -m tf_asp.search --channels 64 --filters 128 \\
         optimize_stripe_groups,8,0 optimize_stripe_groups,12,0 channel_swap,0 random,1000
-    python -m tf_asp.search --infile conv_kernel.npy --print_permutation 1 optimize_stripe_groups,8,100
+    python -m tf_asp.search --infile conv_kernel.npy --print_permutation 1 \\
+        optimize_stripe_groups,8,100
 
 Prints one row per strategy (magnitude kept, efficacy, duration) after the
 reference rows: unpruned, unstructured 50%, each row's largest half (the
@@ -47,29 +48,57 @@ def parser():
         prog="python -m tf_asp.search",
         description="Search channel permutations that make 2:4 pruning keep more magnitude.",
     )
-    p.add_argument("--infile", default="random",
-                   help=".npy file: a 2-D matrix (rows = outputs, columns = input channels; "
-                        "save a Keras Dense kernel (C, K) transposed) or a 4-D TensorFlow "
-                        "Conv2D kernel (H, W, C, K), reshaped to (K*H*W, C); default: random")
+    p.add_argument(
+        "--infile",
+        default="random",
+        help=".npy file: a 2-D matrix (rows = outputs, columns = input channels; "
+        "save a Keras Dense kernel (C, K) transposed) or a 4-D TensorFlow "
+        "Conv2D kernel (H, W, C, K), reshaped to (K*H*W, C); default: random",
+    )
     p.add_argument("--channels", type=int, default=64, help="columns of the random matrix")
     p.add_argument("--filters", type=int, default=128, help="rows of the random matrix")
-    p.add_argument("--verbosity", type=int, default=0, help="0: results only; 11+: progress; 20+: debug")
-    p.add_argument("--seed", type=int, default=1, help="seed of the random matrix and of the searches")
+    p.add_argument(
+        "--verbosity", type=int, default=0, help="0: results only; 11+: progress; 20+: debug"
+    )
+    p.add_argument(
+        "--seed", type=int, default=1, help="seed of the random matrix and of the searches"
+    )
     p.add_argument("--pretty_print", type=_flag, default=True, help="aligned table (1) or CSV (0)")
-    p.add_argument("--unstructured", type=float, default=0.0,
-                   help="prune this fraction of the smallest weights first; a negative value "
-                        "searches the smallest sparsity each strategy turns into 2:4 losslessly")
-    p.add_argument("--device", "--gpu", dest="device", default="auto",
-                   help=f"one of {DEVICES} (--gpu 1/0 also works)")
+    p.add_argument(
+        "--unstructured",
+        type=float,
+        default=0.0,
+        help="prune this fraction of the smallest weights first; a negative value "
+        "searches the smallest sparsity each strategy turns into 2:4 losslessly",
+    )
+    p.add_argument(
+        "--device",
+        "--gpu",
+        dest="device",
+        default="auto",
+        help=f"one of {DEVICES} (--gpu 1/0 also works)",
+    )
     p.add_argument("--time_limit", type=float, default=None, help="seconds per strategy")
-    p.add_argument("--check_permutation", type=_flag, default=False,
-                   help="check the permutation against the permuted matrix")
-    p.add_argument("--intermediate_steps", type=int, default=0,
-                   help="also print N permutations evenly spaced in efficacy")
+    p.add_argument(
+        "--check_permutation",
+        type=_flag,
+        default=False,
+        help="check the permutation against the permuted matrix",
+    )
+    p.add_argument(
+        "--intermediate_steps",
+        type=int,
+        default=0,
+        help="also print N permutations evenly spaced in efficacy",
+    )
     p.add_argument("--print_permutation", type=_flag, default=False, help="print each permutation")
-    p.add_argument("strategy", nargs="+", type=_strategy,
-                   help="optimize_stripe_groups,WINDOW,ESCAPES | channel_swap,ESCAPES | "
-                        "random,COUNT | exhaustive")
+    p.add_argument(
+        "strategy",
+        nargs="+",
+        type=_strategy,
+        help="optimize_stripe_groups,WINDOW,ESCAPES | channel_swap,ESCAPES | "
+        "random,COUNT | exhaustive",
+    )
     return p
 
 
@@ -184,9 +213,11 @@ def run_all(args, matrix):
     table.row("default 2:4", f"{identity:.3f}", "0.0", "0.000")
     ok = True
     for strategy in args.strategy:
+
         def run(m, strategy=strategy):
-            return find_permutation(m, strategy, device=args.device,
-                                    time_limit=args.time_limit, seed=args.seed)
+            return find_permutation(
+                m, strategy, device=args.device, time_limit=args.time_limit, seed=args.seed
+            )
 
         if args.unstructured < 0:
             sparsity = minimum_lossless_sparsity(matrix, run)
@@ -194,12 +225,17 @@ def run_all(args, matrix):
             continue
         result = run(matrix)
         if args.intermediate_steps > 0:
-            for kept, permutation in intermediate_permutations(matrix, result.permutation,
-                                                               args.intermediate_steps):
+            for kept, permutation in intermediate_permutations(
+                matrix, result.permutation, args.intermediate_steps
+            ):
                 print(f"({kept:.4f}, {permutation.tolist()})")
         note = " (time limit)" if result.timed_out else ""
-        table.row(strategy, f"{result.magnitude:.3f}", f"{result.efficacy:.1f}",
-                  f"{result.duration:.3f}{note}")
+        table.row(
+            strategy,
+            f"{result.magnitude:.3f}",
+            f"{result.efficacy:.1f}",
+            f"{result.duration:.3f}{note}",
+        )
         if args.print_permutation:
             print(result.permutation.tolist())
         if args.check_permutation:

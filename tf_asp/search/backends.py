@@ -71,8 +71,10 @@ def _cuda_library(asked):
     if library.device_count() > 0:
         return library
     if asked:
-        _warn("search device 'GPU' was asked for, but the CUDA search library "
-              "sees no GPU (or no driver); searching on the CPU instead.")
+        _warn(
+            "search device 'GPU' was asked for, but the CUDA search library "
+            "sees no GPU (or no driver); searching on the CPU instead."
+        )
     logger.debug("The CUDA search library sees no GPU; searching on the CPU.")
     return None
 

@@ -72,7 +72,7 @@ def rows_half_magnitude(matrix):
 def unstructured_magnitude(matrix, sparsity=0.5):
     """Sum of |w| kept when the smallest `sparsity` fraction of all is pruned."""
     magnitudes = np.sort(np.abs(np.asarray(matrix, dtype=np.float64)), axis=None)
-    return float(magnitudes[int(round(sparsity * magnitudes.size)):].sum())
+    return float(magnitudes[int(round(sparsity * magnitudes.size)) :].sum())
 
 
 def efficacy(kept, identity_kept, bound):

@@ -69,13 +69,25 @@ class NativeLibrary:
         handle.ss_status_string.restype = ctypes.c_char_p
         handle.ss_status_string.argtypes = [ctypes.c_int]
         handle.ss_search_create.argtypes = [
-            _i32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,
-            ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
+            _i32p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int32,
+            ctypes.c_void_p,
+            ctypes.c_int32,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.POINTER(ctypes.c_void_p),
         ]
         handle.ss_search_destroy.argtypes = [ctypes.c_void_p]
         handle.ss_search_destroy.restype = None
         handle.ss_stripe_groups.argtypes = [
-            ctypes.c_void_p, _i32p, _i32p, ctypes.c_int64, _i64p, _i32p,
+            ctypes.c_void_p,
+            _i32p,
+            _i32p,
+            ctypes.c_int64,
+            _i64p,
+            _i32p,
         ]
         handle.ss_column_swaps.argtypes = [ctypes.c_void_p, _i32p, _i32p, ctypes.c_int64, _i64p]
         self.backend = handle.ss_backend().decode()
@@ -105,8 +117,12 @@ class NativeSearch:
             quads, partitions = tables if tables is not None else window_tables(window)
             self.quads = np.ascontiguousarray(quads, dtype=np.int32)
             self.partitions = np.ascontiguousarray(partitions, dtype=np.int32)
-            tables_args = (self.quads.ctypes.data, len(self.quads),
-                           self.partitions.ctypes.data, len(self.partitions))
+            tables_args = (
+                self.quads.ctypes.data,
+                len(self.quads),
+                self.partitions.ctypes.data,
+                len(self.partitions),
+            )
         else:
             tables_args = (None, 0, None, 0)
         handle = ctypes.c_void_p()

@@ -47,14 +47,14 @@ class ReferenceSearch:
         per_group = max(self.quads.size * rows, self.partitions.size)
         step = max(1, CHUNK_ELEMENTS // per_group)
         for first in range(0, len(groups), step):
-            chunk = groups[first:first + step]
+            chunk = groups[first : first + step]
             positions = (4 * chunk[:, :, None] + offsets).reshape(len(chunk), -1)
             columns = permutation[positions][:, self.quads]  # (n, Q, 4)
             values = self.magnitudes[columns]  # (n, Q, 4, rows)
             quad_scores = stripe_top2(np.moveaxis(values, 2, -1)).sum(-1, dtype=np.int64)
             scores = self._partition_scores(quad_scores)
-            best[first:first + step] = np.argmax(scores, axis=1)
-            improvements[first:first + step] = scores.max(axis=1) - scores[:, 0]
+            best[first : first + step] = np.argmax(scores, axis=1)
+            improvements[first : first + step] = scores.max(axis=1) - scores[:, 0]
         return improvements, best
 
     def _partition_scores(self, quad_scores):

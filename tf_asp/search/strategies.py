@@ -74,7 +74,9 @@ class Deadline:
 
     def __init__(self, seconds):
         if seconds is not None and not seconds > 0:
-            raise ValueError(f"time_limit must be a positive number of seconds or None; got {seconds!r}.")
+            raise ValueError(
+                f"time_limit must be a positive number of seconds or None; got {seconds!r}."
+            )
         self.end = None if seconds is None else time.perf_counter() + seconds
         self.hit = False
 
@@ -123,9 +125,11 @@ def _stripe_groups(search, order, window, escape_attempts, rng, deadline):
         stale = np.flatnonzero(dirty)
         first = 0
         while first < len(stale):
-            chunk = stale[first:first + per_call]
+            chunk = stale[first : first + per_call]
             started = time.perf_counter()
-            improvements[chunk], best[chunk] = search.stripe_groups(order.permutation, groups[chunk])
+            improvements[chunk], best[chunk] = search.stripe_groups(
+                order.permutation, groups[chunk]
+            )
             if deadline.expired():
                 return
             per_call = _calls_of(SECONDS_PER_CALL, len(chunk), time.perf_counter() - started)
@@ -139,7 +143,7 @@ def _stripe_groups(search, order, window, escape_attempts, rng, deadline):
                     stripe = groups[g][k]
                     if tuple(quad) != identity[k]:
                         changed.append(stripe)
-                    order.permutation[4 * stripe:4 * stripe + 4] = window_columns[quad]
+                    order.permutation[4 * stripe : 4 * stripe + 4] = window_columns[quad]
             order.changed(improvements[chosen].sum())
             tabu = ()
         elif escapes < escape_attempts:
@@ -219,7 +223,9 @@ def _random(magnitudes, order, count, rng, deadline):
 
 
 def _exhaustive(search, order):
-    improvements, best = search.stripe_groups(order.permutation, np.arange(search.window // 4, dtype=np.int32)[None])
+    improvements, best = search.stripe_groups(
+        order.permutation, np.arange(search.window // 4, dtype=np.int32)[None]
+    )
     arranged = search.quads[search.partitions[best[0]]].ravel()
     order.permutation = order.permutation[arranged]
     order.changed(improvements[0])
@@ -258,14 +264,28 @@ def _run(name, matrix, device, seed, time_limit, permutation, body, window=0):
         duration=time.perf_counter() - start,
         timed_out=deadline.hit,
     )
-    logger.debug("Search %s on %s (%d x %d): efficacy %.1f%% in %.3f s%s", name, result.backend,
-                 *matrix.shape, result.efficacy, result.duration,
-                 " (time limit)" if result.timed_out else "")
+    logger.debug(
+        "Search %s on %s (%d x %d): efficacy %.1f%% in %.3f s%s",
+        name,
+        result.backend,
+        *matrix.shape,
+        result.efficacy,
+        result.duration,
+        " (time limit)" if result.timed_out else "",
+    )
     return result
 
 
-def optimize_stripe_groups(matrix, window=8, escape_attempts=100, *, device="auto",
-                           seed=0, time_limit=None, permutation=None):
+def optimize_stripe_groups(
+    matrix,
+    window=8,
+    escape_attempts=100,
+    *,
+    device="auto",
+    seed=0,
+    time_limit=None,
+    permutation=None,
+):
     """The published stripe-group search; see the module docstring.
 
     Args:
@@ -277,7 +297,11 @@ def optimize_stripe_groups(matrix, window=8, escape_attempts=100, *, device="aut
         time_limit: seconds (None: no limit); the best order so far after it.
         permutation: the starting order (default: identity).
     """
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window not in (8, 12, 16):
+    if (
+        isinstance(window, bool)
+        or not isinstance(window, (int, np.integer))
+        or window not in (8, 12, 16)
+    ):
         raise ValueError(f"window must be 8, 12 or 16 columns; got {window!r}.")
     escape_attempts = _check_count("escape_attempts", escape_attempts)
     cols = np.shape(matrix)[1] if np.ndim(matrix) == 2 else 0
@@ -286,20 +310,30 @@ def optimize_stripe_groups(matrix, window=8, escape_attempts=100, *, device="aut
     def body(search, order, rng, deadline):
         _stripe_groups(search, order, search.window, escape_attempts, rng, deadline)
 
-    return _run(f"optimize_stripe_groups,{window},{escape_attempts}", matrix, device, seed,
-                time_limit, permutation, body, window=searched if searched >= 8 else 0)
+    return _run(
+        f"optimize_stripe_groups,{window},{escape_attempts}",
+        matrix,
+        device,
+        seed,
+        time_limit,
+        permutation,
+        body,
+        window=searched if searched >= 8 else 0,
+    )
 
 
-def channel_swap(matrix, escape_attempts=100, *, device="auto", seed=0, time_limit=None,
-                 permutation=None):
+def channel_swap(
+    matrix, escape_attempts=100, *, device="auto", seed=0, time_limit=None, permutation=None
+):
     """Greedy best pairwise column swaps; arguments as `optimize_stripe_groups`."""
     escape_attempts = _check_count("escape_attempts", escape_attempts)
 
     def body(search, order, rng, deadline):
         _channel_swap(search, order, escape_attempts, rng, deadline)
 
-    return _run(f"channel_swap,{escape_attempts}", matrix, device, seed, time_limit,
-                permutation, body)
+    return _run(
+        f"channel_swap,{escape_attempts}", matrix, device, seed, time_limit, permutation, body
+    )
 
 
 def random_permutations(matrix, count=1000, *, seed=0, time_limit=None, device="numpy"):
@@ -330,8 +364,9 @@ def exhaustive(matrix, *, device="auto", time_limit=None):
     def body(search, order, rng, deadline):
         _exhaustive(search, order)
 
-    return _run("exhaustive", matrix, device, 0, time_limit, None, body,
-                window=cols if cols >= 8 else 0)
+    return _run(
+        "exhaustive", matrix, device, 0, time_limit, None, body, window=cols if cols >= 8 else 0
+    )
 
 
 def _check_count(name, value, minimum=0):

@@ -33,9 +33,7 @@ def partition_count(window):
 def window_tables(window):
     """`(quads, partitions)`: int32 arrays of shapes (Q, 4) and (P, window/4)."""
     if window % 4 or not 4 <= window <= MAX_WINDOW:
-        raise ValueError(
-            f"A stripe-group window must be 4, 8, 12 or 16 columns; got {window}."
-        )
+        raise ValueError(f"A stripe-group window must be 4, 8, 12 or 16 columns; got {window}.")
     quads = np.array(list(itertools.combinations(range(window), 4)), dtype=np.int32)
     quad_index = np.zeros((window,) * 4, dtype=np.int32)
     quad_index[tuple(quads.T)] = np.arange(len(quads))
