@@ -1,35 +1,23 @@
-"""Shared test set-up: quiet TensorFlow, deterministic Keras, small models."""
+"""Shared test set-up: quiet TensorFlow, and an opt-in fresh Keras state.
+
+Helpers (models, data, checks) live in `helpers.py`.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
-import numpy as np
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Every test starts from the same Keras, NumPy and TF random state."""
+@pytest.fixture
+def fresh_keras():
+    """The same Keras, NumPy and TF random state, and no leftover layers.
+
+    Keras-using modules opt in with
+    `pytestmark = pytest.mark.usefixtures("fresh_keras")`.
+    """
     keras.utils.set_random_seed(1234)
     keras.backend.clear_session()
     yield
-
-
-def small_mlp(hidden=64, inputs=32, outputs=16):
-    """Dense(inputs->hidden) -> ReLU -> Dense(hidden->outputs), built."""
-    return keras.Sequential(
-        [
-            keras.Input((inputs,)),
-            keras.layers.Dense(hidden, activation="relu", name="hidden"),
-            keras.layers.Dense(outputs, name="out"),
-        ]
-    )
-
-
-def regression_data(model, samples=64, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((samples,) + tuple(model.input_shape[1:]))
-    y = rng.standard_normal((samples,) + tuple(model.output_shape[1:]))
-    return x.astype("float32"), y.astype("float32")

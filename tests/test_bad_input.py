@@ -4,13 +4,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import small_mlp
 
 import tf_asp
-from tests.conftest import small_mlp
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 def weights_of(model):
-    return [np.array(w) for w in model.weights]
+    return [w.numpy() for w in model.weights]
 
 
 def test_unbuilt_model_is_refused_with_how_to_build_it():
@@ -51,13 +53,13 @@ def test_a_model_without_prunable_layers_warns_and_trains_densely():
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(np.ones((8, 12)), np.ones((8, 6)), verbose=0)
     assert optimizer.masks == []
-    assert np.count_nonzero(np.array(model.layers[0].kernel)) == 72
+    assert np.count_nonzero(model.layers[0].kernel.numpy()) == 72
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
 def test_nan_or_inf_in_a_kernel_names_the_layer_and_changes_nothing(bad_value):
     model = small_mlp()
-    kernel = np.array(model.get_layer("hidden").kernel)
+    kernel = model.get_layer("hidden").kernel.numpy()
     kernel[3, 5] = bad_value
     model.get_layer("hidden").kernel.assign(kernel)
     before = weights_of(model)

@@ -18,9 +18,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import prunable_kernels
 
 from tf_asp import masks
+from tf_asp import registry
 from tf_asp.report import sparsity_report
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,11 +63,7 @@ def demo(tmp_path_factory):
 
 def prunable_kernel_paths(model):
     """Paths of the kernels main.py prunes (it wraps with padding=True)."""
-    return {
-        layer.kernel.path
-        for layer in masks._dense_and_conv_layers(model)
-        if masks.unprunable_reason(layer, padding=True) is None
-    }
+    return {k.variable.path for k in prunable_kernels(model, padding=True)}
 
 
 # Export -----------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_report_of_the_savedmodel_marks_every_prunable_kernel_2to4_and_no_other(
     report = sparsity_report(path, print_table=False)
     is_2to4 = {row.name: row.is_2to4 for row in report.rows}
     pruned = prunable_kernel_paths(model)
-    kernels = {layer.kernel.path for layer in masks._dense_and_conv_layers(model)}
+    kernels = {k.variable.path for g in registry.gemm_layers(model) for k in g.kernels}
     assert pruned and kernels - pruned  # both kinds are present
     assert is_2to4 == {name: name in pruned for name in kernels}
     for row in report.rows:

@@ -7,62 +7,19 @@ block, nested models whose layers share names, a shared layer, several inputs.
 """
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import permute_randomly
+from helpers import permuted_sets
+from helpers import randomize_normalization
+from helpers import skip_reasons
 
-from tf_asp.graph import apply
-from tf_asp.graph.groups import find_groups
 from tf_asp.graph.trace import trace_model
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 layers = keras.layers
 TOLERANCE = 1e-5
-
-
-def randomize_normalization(model, seed=0):
-    """Random BatchNormalization statistics, so a missed one shows."""
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (layers.BatchNormalization, layers.LayerNormalization)):
-            for variable in layer.weights:
-                n = variable.shape
-                if "variance" in variable.path or "gamma" in variable.path:
-                    variable.assign(rng.uniform(0.5, 1.5, n))
-                else:
-                    variable.assign(rng.normal(0.0, 0.3, n))
-        for name in ("bias", "gamma"):
-            variable = getattr(layer, name, None)
-            if isinstance(variable, keras.Variable) and not isinstance(
-                layer, (layers.BatchNormalization, layers.LayerNormalization)
-            ):
-                variable.assign(rng.normal(0.0, 0.3, variable.shape))
-
-
-def permute_randomly(model, seed=0, **trace_options):
-    """Applies a random permutation to every group; returns the groups and
-    the relative error of `model(x)` before and after on random inputs."""
-    graph = trace_model(model, **trace_options)
-    groups, _ = find_groups(graph)
-    inputs = graph.sample_inputs
-    arguments = inputs[0] if len(inputs) == 1 else inputs
-    before = [np.asarray(y) for y in tf.nest.flatten(model(arguments, training=False))]
-    rng = np.random.default_rng(seed)
-    permutations = {g.id: rng.permutation(g.channels) for g in groups if g.skip_reason is None}
-    apply.assign(apply.permuted_values(groups, permutations))
-    after = [np.asarray(y) for y in tf.nest.flatten(model(arguments, training=False))]
-    return groups, apply.relative_error(before, after)
-
-
-def permuted_sets(groups):
-    """(C-permuted names, K-permuted names) of the groups not skipped."""
-    active = [g for g in groups if g.skip_reason is None]
-    c = {name for g in active for name in g.consumer_names}
-    k = {name for g in active for name in g.producer_names}
-    return c, k
-
-
-def skip_reasons(groups):
-    return {name: g.skip_reason for g in groups if g.skip_reason for name in g.consumer_names}
 
 
 def conv(filters, name, kernel=3):

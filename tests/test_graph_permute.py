@@ -6,12 +6,17 @@ import logging
 import keras
 import numpy as np
 import pytest
-from test_graph_cases import randomize_normalization
+from helpers import prunable_kernels
+from helpers import prunable_layer_names
+from helpers import randomize_normalization
 
 import tf_asp
 from tf_asp import masks
 from tf_asp.graph import PermutationSummary
 from tf_asp.graph import permute_model
+from tf_asp.search import find_permutation
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 layers = keras.layers
 
@@ -37,12 +42,11 @@ def clustered(model, seed=0):
     """Kernels whose large weights cluster in a few input channels, as in
     trained models: a permutation has something to gain."""
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        kernel = masks.prunable_kernel(layer)
-        if kernel is not None:
-            scale = np.exp(rng.normal(0.0, 1.0, kernel.shape[-2]))[:, None]
-            values = rng.normal(0.0, 1.0, kernel.shape) * scale
-            kernel.assign(values.astype("float32"))
+    for kernel in prunable_kernels(model):
+        variable = kernel.variable
+        scale = np.exp(rng.normal(0.0, 1.0, variable.shape[-2]))[:, None]
+        values = rng.normal(0.0, 1.0, variable.shape) * scale
+        variable.assign(values.astype("float32"))
     return model
 
 
@@ -70,26 +74,24 @@ def test_summary_names_groups_layers_and_skips(caplog):
     assert "skipped (stem): model input" in str(summary)
 
 
-def test_error_during_search_leaves_the_model_untouched(monkeypatch):
-    import tf_asp.search
-
+def test_error_during_search_leaves_the_model_untouched():
     model = clustered(residual_model())
-    weights = [np.array(v) for v in model.weights]
-    real = tf_asp.search.find_permutation
+    weights = [v.numpy() for v in model.weights]
     calls = []
 
     def failing_second_search(matrix, **options):
         calls.append(matrix.shape)
         if len(calls) == 2:
             raise RuntimeError("search failed")
-        return real(matrix, **options)
+        return find_permutation(matrix, **options)
 
-    monkeypatch.setattr(tf_asp.search, "find_permutation", failing_second_search)
     with pytest.raises(RuntimeError, match="search failed"):
-        permute_model(model, search_device="numpy", search_time_limit=5)
+        permute_model(
+            model, search_device="numpy", search_time_limit=5, search=failing_second_search
+        )
     assert len(calls) == 2
     for saved, variable in zip(weights, model.weights):
-        np.testing.assert_array_equal(saved, np.asarray(variable))
+        np.testing.assert_array_equal(saved, variable.numpy())
 
 
 def test_no_verification_when_turned_off():
@@ -120,11 +122,7 @@ def test_wrapped_step_prunes_2to4_and_keeps_at_least_the_unpermuted_magnitude():
     and keeps at least the magnitude it would keep unpermuted, layer by
     layer. Learning rate 0: the step only applies the masks."""
     model = clustered(residual_model())
-    prunable = {
-        layer.name: np.array(layer.kernel)
-        for layer in model.layers
-        if masks.unprunable_reason(layer) is None
-    }
+    prunable = {name: model.get_layer(name).kernel.numpy() for name in prunable_layer_names(model)}
     optimizer = tf_asp.AspOptimizerWrapperV2(
         keras.optimizers.SGD(0.0), model, search_device="numpy", search_time_limit=5
     )
@@ -135,7 +133,7 @@ def test_wrapped_step_prunes_2to4_and_keeps_at_least_the_unpermuted_magnitude():
 
     gained = 0.0
     for name, original in prunable.items():
-        kernel = np.asarray(model.get_layer(name).kernel)
+        kernel = model.get_layer(name).kernel.numpy()
         assert masks.is_2to4(kernel), name
         kept, unpermuted = float(np.abs(kernel).sum()), kept_by_mask(original)
         assert kept >= unpermuted * (1 - 1e-6), name
@@ -148,11 +146,7 @@ def test_resnet50_permutes_at_least_90_percent_of_prunable_layers():
     model = keras.applications.ResNet50(weights=None)
     randomize_normalization(model)
     summary = permute_model(model, search_device="numpy", search_time_limit=0.5)
-    prunable = [
-        layer.name
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if masks.unprunable_reason(layer) is None
-    ]
+    prunable = prunable_layer_names(model)
     print(f"ResNet50: {len(summary.c_permuted)}/{len(prunable)} prunable layers C-permuted")
     assert set(summary.c_permuted) <= set(prunable)
     assert len(summary.c_permuted) >= 0.9 * len(prunable)

@@ -9,6 +9,8 @@ from tf_asp.graph.groups import find_groups
 from tf_asp.graph.plot import plot_graph
 from tf_asp.graph.trace import trace_model
 
+pytestmark = pytest.mark.usefixtures("fresh_keras")
+
 layers = keras.layers
 
 

@@ -7,10 +7,12 @@ counts are pinned: a change in what tf_asp can reach shows up here.
 
 import keras
 import pytest
-from test_graph_cases import permute_randomly
-from test_graph_cases import randomize_normalization
+from helpers import permute_randomly
+from helpers import randomize_normalization
 
-from tf_asp.masks import unprunable_reason
+from tf_asp import registry
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 # model -> (prunable layers C-permuted, prunable layers). DenseNet121's 1x1
 # convolutions read channel concatenations, which tf_asp does not permute.
@@ -24,11 +26,7 @@ ZOO = {
 
 
 def prunable_layers(model):
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if unprunable_reason(layer) is None
-    ]
+    return [g.layer for g in registry.gemm_layers(model) if g.prunable_kernels()]
 
 
 @pytest.mark.slow

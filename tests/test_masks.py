@@ -2,11 +2,12 @@
 
 import itertools
 
-import keras
 import numpy as np
 import pytest
 
 from tf_asp import masks
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 def brute_force_mask(kernel):
@@ -66,31 +67,3 @@ def test_is_2to4_accepts_only_the_structured_pattern():
     # A partial group of 2 may keep only 1.
     assert masks.is_2to4(np.array([[1.0], [0.0], [0.0], [2.0], [1.0], [0.0]]))
     assert not masks.is_2to4(np.array([[1.0], [0.0], [0.0], [2.0], [1.0], [1.0]]))
-
-
-@pytest.mark.parametrize(
-    "layer, input_shape, padding, reason",
-    [
-        (keras.layers.Dense(8), (16,), False, None),
-        (keras.layers.Dense(8), (24,), False, "input dim 24"),
-        (keras.layers.Dense(8), (24,), True, None),
-        (keras.layers.Dense(12), (16,), False, "output dim 12"),
-        (keras.layers.Conv2D(8, 3), (8, 8, 16), False, None),
-        (keras.layers.Conv2D(8, 3), (8, 8, 24), True, "input dim 24"),
-        (keras.layers.Conv2D(16, 3, groups=2), (8, 8, 32), False, "grouped"),
-        (keras.layers.DepthwiseConv2D(3), (8, 8, 16), False, "not a Dense or Conv2D"),
-    ],
-)
-def test_prunability_follows_the_sparse_tensor_core_shape_rules(
-    layer, input_shape, padding, reason
-):
-    layer.build((None,) + input_shape)
-    found = masks.unprunable_reason(layer, padding=padding)
-    if reason is None:
-        assert found is None
-    else:
-        assert reason in found
-
-
-def test_unbuilt_layer_is_not_prunable():
-    assert "not built" in masks.unprunable_reason(keras.layers.Dense(8))

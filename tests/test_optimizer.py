@@ -4,11 +4,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import regression_data
+from helpers import small_mlp
 
 import tf_asp
-from tests.conftest import regression_data
-from tests.conftest import small_mlp
 from tf_asp import masks
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 OPTIMIZERS = {
     "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
@@ -40,7 +42,7 @@ def train_steps(model, optimizer, steps, mode="function"):
 
 
 def kernels(model):
-    return {layer.name: np.array(layer.kernel) for layer in model.layers}
+    return {layer.name: layer.kernel.numpy() for layer in model.layers}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -61,11 +63,11 @@ def test_masks_are_computed_once_and_frozen():
     model = small_mlp()
     optimizer = wrap(model, keras.optimizers.Adam(0.05))
     train_steps(model, optimizer, 1)
-    at_step_1 = [np.array(m) for m in optimizer.masks]
+    at_step_1 = [m.numpy() for m in optimizer.masks]
     train_steps(model, optimizer, 19)
     assert len(at_step_1) == 2
     for before, after in zip(at_step_1, optimizer.masks):
-        np.testing.assert_array_equal(before, np.array(after))
+        np.testing.assert_array_equal(before, after.numpy())
 
 
 def test_masks_come_from_the_weights_at_the_first_step():
@@ -76,7 +78,7 @@ def test_masks_come_from_the_weights_at_the_first_step():
     model.get_layer("hidden").kernel.assign(new_kernel)
     expected = np.asarray(masks.mask_2to4(new_kernel))
     train_steps(model, optimizer, 1)
-    np.testing.assert_array_equal(np.array(optimizer.masks[0]), expected)
+    np.testing.assert_array_equal(optimizer.masks[0].numpy(), expected)
 
 
 @pytest.mark.parametrize("mode", ["function", "eager"])
@@ -97,13 +99,13 @@ def test_unprunable_layers_train_normally_and_are_never_masked():
         ]
     )
     optimizer = wrap(model)
-    before = np.array(model.get_layer("narrow").kernel)
+    before = model.get_layer("narrow").kernel.numpy()
     train_steps(model, optimizer, 5)
-    narrow = np.array(model.get_layer("narrow").kernel)
+    narrow = model.get_layer("narrow").kernel.numpy()
     assert len(optimizer.masks) == 1
     assert np.count_nonzero(narrow) == narrow.size
     assert not np.allclose(narrow, before)
-    assert masks.is_2to4(np.array(model.get_layer("wide").kernel))
+    assert masks.is_2to4(model.get_layer("wide").kernel.numpy())
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -143,11 +145,11 @@ def test_padding_prunes_dense_kernels_whose_input_dim_does_not_divide():
 
     unpadded = model()
     train_steps(unpadded, wrap(unpadded), 2)
-    assert np.count_nonzero(np.array(unpadded.layers[0].kernel)) == 18 * 8
+    assert np.count_nonzero(unpadded.layers[0].kernel.numpy()) == 18 * 8
 
     padded = model()
     train_steps(padded, wrap(padded, padding=True), 2)
-    kernel = np.array(padded.layers[0].kernel)
+    kernel = padded.layers[0].kernel.numpy()
     assert masks.is_2to4(kernel)
     # 4 full groups keep 2 each, the partial group of 2 keeps 1: 9 of 18.
     assert np.all(np.count_nonzero(kernel, axis=0) == 9)
@@ -157,7 +159,7 @@ def test_checkpoint_restore_continues_with_the_same_masks(tmp_path):
     model = small_mlp()
     optimizer = wrap(model, keras.optimizers.Adam(0.01))
     train_steps(model, optimizer, 5)
-    saved_masks = [np.array(m) for m in optimizer.masks]
+    saved_masks = [m.numpy() for m in optimizer.masks]
     path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / "ckpt"))
 
     keras.utils.set_random_seed(99)  # a different initialization
@@ -169,10 +171,10 @@ def test_checkpoint_restore_continues_with_the_same_masks(tmp_path):
     train_steps(fresh_model, fresh, 5)
     assert int(fresh.iterations) == 10
     for saved, restored in zip(saved_masks, fresh.masks):
-        np.testing.assert_array_equal(saved, np.array(restored))
+        np.testing.assert_array_equal(saved, restored.numpy())
     for layer in fresh_model.layers:
         mask = saved_masks[fresh_model.layers.index(layer)]
-        assert np.all(np.array(layer.kernel)[mask == 0] == 0)
+        assert np.all(layer.kernel.numpy()[mask == 0] == 0)
 
 
 def test_keras_file_round_trip_keeps_masks_and_optimizer_state(tmp_path):
@@ -187,10 +189,10 @@ def test_keras_file_round_trip_keeps_masks_and_optimizer_state(tmp_path):
     assert isinstance(loaded.optimizer, tf_asp.AspOptimizerWrapperV2)
     assert int(loaded.optimizer.iterations) == 4
     for saved, restored in zip(optimizer.masks, loaded.optimizer.masks):
-        np.testing.assert_array_equal(np.array(saved), np.array(restored))
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
     for saved, restored in zip(optimizer.masks, loaded.optimizer.masks):
-        np.testing.assert_array_equal(np.array(saved), np.array(restored))
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
     assert tf_asp.check_pruned_layers(loaded, check_structured=True) == (2, 2)
 
 

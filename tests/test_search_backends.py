@@ -19,13 +19,6 @@ from tf_asp.search.reference import ReferenceSearch
 from tf_asp.search.windows import window_tables
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Overrides conftest's Keras reset (0.2 s a test): the search uses no
-    Keras, and every test here seeds its own NumPy generator."""
-    yield
-
-
 def random_matrix(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
 

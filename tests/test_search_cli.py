@@ -23,13 +23,6 @@ from tf_asp.search.__main__ import main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Overrides conftest's Keras reset (0.2 s a test): the search uses no
-    Keras, and every test here seeds its own NumPy generator."""
-    yield
-
-
 def conv_kernel():
     """A TensorFlow Conv2D kernel (H, W, C, K) = (3, 3, 16, 8): 72 rows, 16 channels."""
     return np.random.default_rng(0).standard_normal((3, 3, 16, 8))

@@ -10,14 +10,6 @@ from tf_asp import search
 from tf_asp.search import metrics
 from tf_asp.search import windows
 
-
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Overrides conftest's Keras reset (0.2 s a test): the search uses no
-    Keras, and every test here seeds its own NumPy generator."""
-    yield
-
-
 SHAPES = [(1, 4), (3, 8), (7, 12), (16, 32), (33, 20)]
 
 

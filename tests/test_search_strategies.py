@@ -18,13 +18,6 @@ from tf_asp.search import strategies
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    """Overrides conftest's Keras reset (0.2 s a test): the search uses no
-    Keras, and every test here seeds its own NumPy generator."""
-    yield
-
-
 def reference_matrix():
     """The published tool's default random matrix: 128 outputs x 64 channels."""
     return np.random.RandomState(1).rand(128, 64)

@@ -1,9 +1,11 @@
-"""2:4 masks: which kernels can be pruned, how their masks are computed.
+"""2:4 masks: how they are computed and checked, and how many layers have them.
 
-Every prunable kernel is pruned along its *input-channel* axis, which for both
-a Dense kernel `(C, K)` and a Conv2D kernel `(H, W, C, K)` is axis `-2`: in each
-run of 4 consecutive input channels (for every output, and every spatial tap of
-a convolution) the 2 weights of largest magnitude are kept.
+Every prunable kernel is pruned along its *input channels*: axis -2 of a Dense
+kernel `(C, K)` or a Conv2D kernel `(H, W, C, K)`, the flattened contracted
+axes of an EinsumDense kernel (`tf_asp.registry` says which kernels, and which
+axes). In each run of 4 consecutive input channels (for every output, and
+every spatial tap of a convolution) the 2 weights of largest magnitude are
+kept.
 
 Ties break towards the lower channel index, so a mask depends on the weights
 alone. With `padding=True`, a Dense kernel whose input dim is not a multiple
@@ -12,62 +14,25 @@ of 4 gets a last, partial group of `n < 4` real weights; it keeps at most
 than half, as if the missing weights were zero padding that always loses.
 """
 
+import math
+
 import numpy as np
 import tensorflow as tf
+
+from tf_asp import registry
 
 M = 4  # group size along the input-channel axis
 N = 2  # weights kept per full group
 
 
-def prunable_kernel(layer):
-    """Returns the kernel variable tf_asp may prune in `layer`, or None.
-
-    Only `Dense` and `Conv2D` layers (including subclasses) have one.
-    """
-    if isinstance(layer, (tf.keras.layers.Dense, tf.keras.layers.Conv2D)):
-        if isinstance(layer, tf.keras.layers.Conv2D) and _is_grouped(layer):
-            return None
-        return getattr(layer, "kernel", None)
-    return None
-
-
-def _is_grouped(layer):
-    return getattr(layer, "groups", 1) not in (None, 1)
-
-
-def unprunable_reason(layer, padding=False):
-    """Why `layer` will not be pruned, or None when it will be.
-
-    The rules are those of sparse Tensor Cores: the kernel's input dim must be
-    a multiple of 16 and its output dim a multiple of 8 (a Conv2D kernel
-    `(H, W, C, K)` is viewed as `(C, H*W*K)`). With `padding=True` a Dense
-    kernel's input dim may be anything; its last group is padded.
-    """
-    if not isinstance(layer, (tf.keras.layers.Dense, tf.keras.layers.Conv2D)):
-        return f"{type(layer).__name__} is not a Dense or Conv2D layer"
-    if isinstance(layer, tf.keras.layers.Conv2D) and _is_grouped(layer):
-        return f"grouped convolution (groups={layer.groups}) is not supported"
-    kernel = getattr(layer, "kernel", None)
-    if kernel is None:
-        return "layer is not built (it has no kernel yet)"
-    shape = tuple(kernel.shape)
-    channels, outputs = shape[-2], shape[-1]
-    is_dense = isinstance(layer, tf.keras.layers.Dense)
-    if outputs % 8:
-        return f"output dim {outputs} of kernel {shape} is not a multiple of 8"
-    if channels % 16 and not (padding and is_dense):
-        hint = " (padding=True would prune it)" if is_dense else ""
-        return f"input dim {channels} of kernel {shape} is not a multiple of 16{hint}"
-    return None
-
-
-def mask_2to4(kernel):
-    """Computes the 2:4 mask of `kernel` along its input-channel axis (-2).
+def mask_2to4(kernel, input_axes=(-2,)):
+    """Computes the 2:4 mask of `kernel` along its input channels.
 
     Args:
-        kernel: a float array or tensor of rank >= 2; axis -2 is the input
-            channels. Any length works: a last group shorter than 4 keeps
-            `ceil(n / 2)` weights.
+        kernel: a float array or tensor of rank >= 2.
+        input_axes: the input-channel axes; the groups of 4 run along their
+            flattened order (a `GemmKernel`'s `input_axes`). Any length
+            works: a last group shorter than 4 keeps `ceil(n / 2)` weights.
 
     Returns:
         A tensor of the kernel's shape and dtype holding 1.0 for kept weights
@@ -83,9 +48,12 @@ def mask_2to4(kernel):
         rank_dtype = tf.float64
     else:
         rank_dtype = tf.float32
-    # Move the input axis last so groups of 4 are contiguous in memory.
-    moved = tf.experimental.numpy.moveaxis(kernel, -2, -1)
-    channels = moved.shape[-1]
+    # Input axes last and flattened, so groups of 4 are contiguous.
+    order, inputs = _inputs_last(kernel.shape.rank, input_axes)
+    transposed = tf.transpose(kernel, order)
+    outer = len(order) - len(inputs)
+    moved = tf.reshape(transposed, tf.concat([tf.shape(transposed)[:outer], [-1]], 0))
+    channels = math.prod(transposed.shape[outer:])
     padded_channels = -(-channels // M) * M
     magnitudes = tf.abs(tf.cast(moved, rank_dtype))
     if padded_channels != channels:
@@ -104,24 +72,26 @@ def mask_2to4(kernel):
     real = tf.reduce_sum(tf.cast(groups >= 0, tf.int32), axis=-1, keepdims=True)
     keep = rank < (real + 1) // 2  # 2 of 4, and ceil(n / 2) of a partial n
     keep = tf.reshape(keep, tf.shape(magnitudes))[..., :channels]
-    mask = tf.experimental.numpy.moveaxis(tf.cast(keep, kernel.dtype), -1, -2)
-    return mask
+    keep = tf.reshape(tf.cast(keep, kernel.dtype), tf.shape(transposed))
+    return tf.transpose(keep, np.argsort(order))
 
 
-def is_2to4(kernel):
+def is_2to4(kernel, input_axes=(-2,)):
     """True when at most 2 of every 4 input channels of `kernel` are non-zero.
 
-    The input-channel axis is -2. A last partial group of `n` channels (a
-    padded Dense kernel) may hold at most `ceil(n / 2)` non-zeros, the rule
-    `mask_2to4` prunes with.
+    The input channels are the flattened `input_axes`. A last partial group
+    of `n` channels (a padded Dense kernel) may hold at most `ceil(n / 2)`
+    non-zeros, the rule `mask_2to4` prunes with.
 
     >>> is_2to4(np.array([[1.], [0.], [3.], [0.]]))
     True
     """
     kernel = np.asarray(kernel)
-    if kernel.ndim < 2 or kernel.shape[-2] == 0:
+    if kernel.ndim < 2 or kernel.size == 0:
         return False
-    nonzero = np.moveaxis(kernel, -2, -1) != 0
+    order, inputs = _inputs_last(kernel.ndim, input_axes)
+    moved = kernel.transpose(order)
+    nonzero = moved.reshape(moved.shape[: len(order) - len(inputs)] + (-1,)) != 0
     channels = nonzero.shape[-1]
     full = channels - channels % M
     groups = nonzero[..., :full].reshape(nonzero.shape[:-1] + (-1, M))
@@ -132,23 +102,26 @@ def is_2to4(kernel):
     )
 
 
-def _dense_and_conv_layers(model):
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, (tf.keras.layers.Dense, tf.keras.layers.Conv2D))
-    ]
+def _inputs_last(rank, input_axes):
+    """The transpose order that moves `input_axes` last, and those axes."""
+    inputs = sorted({int(a) % rank for a in input_axes})
+    return [a for a in range(rank) if a not in inputs] + inputs, inputs
 
 
 def check_pruned_layers(model, show_all=False, check_structured=False):
-    """Counts the Dense and Conv2D layers of `model` whose kernel is pruned.
+    """Counts the GEMM layers of `model` whose kernels are pruned.
 
-    A kernel counts as pruned when half of its weights are zero or, with
-    `check_structured=True`, when it is exactly 2:4 along its input channels.
+    Every layer that holds a GEMM kernel counts (Dense, EinsumDense and the
+    layers inside MultiHeadAttention, convolutions, and the GEMM layers
+    tf_asp leaves dense, such as Conv2DTranspose; see `tf_asp.registry`). A
+    layer is pruned when each of its kernels has half of its weights zero
+    or, with `check_structured=True`, is exactly 2:4 along its input
+    channels.
 
     Args:
         model: a built Keras model.
-        show_all: print one line per layer (name, shape, zero fraction, 2:4).
+        show_all: print one line per layer (name, kernel shape, zero
+            fraction, 2:4, and why tf_asp leaves it dense if it does).
         check_structured: verify the 2:4 structure itself, not just the count
             of zeros.
 
@@ -159,20 +132,32 @@ def check_pruned_layers(model, show_all=False, check_structured=False):
 
     ```python
     pruned, total = tf_asp.check_pruned_layers(model, check_structured=True)
-    print(f"{pruned}/{total} layers are 2:4 sparse")
+    print(f"{pruned}/{total} GEMM layers are 2:4 sparse")
     ```
     """
-    layers = _dense_and_conv_layers(model)
+    layers = registry.gemm_layers(model)
     pruned = 0
-    for layer in layers:
-        kernel = np.asarray(layer.kernel)
-        zeros = 1.0 - np.count_nonzero(kernel) / max(kernel.size, 1)
-        structured = is_2to4(kernel)
-        is_pruned = structured if check_structured else zeros >= 0.5
+    for gemm in layers:
+        states = [_kernel_state(kernel) for kernel in gemm.kernels]
+        is_pruned = bool(states) and all(
+            structured if check_structured else zeros >= 0.5 for zeros, structured in states
+        )
         pruned += is_pruned
         if show_all:
-            print(
-                f"{layer.name:<32} {str(kernel.shape):<22} "
-                f"zeros={zeros:6.1%} 2:4={'yes' if structured else 'no'}"
-            )
+            reason = gemm.unprunable_reason(padding=True)
+            for kernel, (zeros, structured) in zip(gemm.kernels, states):
+                print(
+                    f"{gemm.name:<32} {str(kernel.shape):<22} zeros={zeros:6.1%} "
+                    f"2:4={'yes' if structured else 'no'}"
+                    + (f"  (dense: {reason})" if reason else "")
+                )
+            if not gemm.kernels:
+                print(f"{gemm.name:<32} {'-':<22} dense: {reason}")
     return pruned, len(layers)
+
+
+def _kernel_state(kernel):
+    """(zero fraction, is 2:4) of a `GemmKernel`'s current value."""
+    value = kernel.variable.numpy()
+    zeros = 1.0 - np.count_nonzero(value) / max(value.size, 1)
+    return zeros, is_2to4(value, kernel.input_axes)

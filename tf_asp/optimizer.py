@@ -1,26 +1,28 @@
 """`AspOptimizerWrapperV2`: a Keras optimizer that keeps a model 2:4 sparse."""
 
-import os
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.utils import tracking
 
+from tf_asp import compat
 from tf_asp import masks
+from tf_asp import registry
+from tf_asp.graph import permute_model
+from tf_asp.graph.plot import check_plot_path
 from tf_asp.log import logger
-
-SEARCH_DEVICES = ("auto", "GPU", "CPU", "numpy")
-PLOT_EXTENSIONS = (".png", ".pdf", ".svg", ".dot")
+from tf_asp.search import check_device
+from tf_asp.search import check_time_limit
 
 
 @keras.saving.register_keras_serializable(package="tf_asp")
 class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     """Wraps a Keras optimizer so that fine-tuning yields a 2:4 sparse model.
 
-    At construction the wrapper finds the prunable layers of `model` (Dense
-    and Conv2D kernels whose input dim is a multiple of 16 and output dim a
+    At construction the wrapper finds the prunable kernels of `model` (every
+    GEMM kernel `tf_asp.registry` supports, Dense, EinsumDense and
+    convolutions, whose input size is a multiple of 16 and output size a
     multiple of 8) and, with `permute=True`, permutes channels so that 2:4
     pruning keeps as much weight magnitude as possible while the model still
     computes the same function. Nothing is pruned yet.
@@ -51,6 +53,9 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             pruned (`.png`, `.pdf`, `.svg` or `.dot`).
         verify_permutation: check that the permuted model computes the same
             outputs as before (restoring the weights and raising if not).
+        verify_inputs: the batch to check that on (an array, or a list or
+            dict of them like the model's inputs); by default a generated
+            one (see `tf_asp.graph.verify`).
         name: the optimizer's name.
 
     Example:
@@ -75,6 +80,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         search_time_limit=60,
         plot_to_file=None,
         verify_permutation=True,
+        verify_inputs=None,
         name=None,
         **kwargs,
     ):
@@ -89,7 +95,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 "learning_rate or weight_decay on the wrapped optimizer."
             )
         _check_optimizer(optimizer)
-        _check_search_options(search_device, search_time_limit, plot_to_file)
+        search_device = check_device(search_device, "search_device")
+        check_time_limit(search_time_limit, "search_time_limit")
+        if plot_to_file is not None:
+            check_plot_path(plot_to_file, "plot_to_file")
         if model is None and masked_variables is None:
             raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
 
@@ -99,14 +108,14 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         self.search_device = search_device
         self.search_time_limit = search_time_limit
         self.permutation_summary = None
-        self._masked_variable_ids = None
+        self._input_axes = None  # id(kernel) -> its input axes, once known
 
         if model is not None:
             _check_model(model)
             kernels = _prunable_kernels(model, self.padding)
-            _check_finite(kernels)
+            _check_finite({name: kernel.variable for name, kernel in kernels.items()})
             if permute:
-                self.permutation_summary = _permute(
+                self.permutation_summary = permute_model(
                     model,
                     input_shapes=input_shapes,
                     padding=self.padding,
@@ -114,19 +123,19 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                     search_time_limit=search_time_limit,
                     plot_to_file=plot_to_file,
                     verify=verify_permutation,
+                    verify_inputs=verify_inputs,
                 )
             elif plot_to_file is not None:
                 raise ValueError(
                     "plot_to_file draws the permutation of the op graph; it needs permute=True."
                 )
-            self._masked_variable_ids = {id(k) for k in kernels.values()}
+            self._input_axes = {id(k.variable): k.input_axes for k in kernels.values()}
             masked_variables = _positions(model.trainable_variables, kernels)
             if not kernels:
                 message = (
-                    f"Model '{model.name}' has no prunable Dense or Conv2D "
-                    "layer (input dim a multiple of 16, output dim a multiple "
-                    "of 8); it will be trained densely. "
-                    "tf_asp.set_verbosity('DEBUG') tells why for each layer."
+                    f"Model '{model.name}' has no prunable GEMM layer (input size a multiple "
+                    "of 16, output size a multiple of 8); it will be trained densely. "
+                    "tf_asp.set_verbosity('INFO') tells why for each layer."
                 )
                 warnings.warn(message, stacklevel=2)
             logger.info(
@@ -135,23 +144,24 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 ", ".join(kernels),
             )
         self.masked_variables = dict(masked_variables)
-        # Mark the wrapped optimizer so it cannot be wrapped a second time.
-        optimizer._tf_asp_wrapped = True
+        compat.mark_wrapped(optimizer)
 
-    @tracking.no_automatic_dependency_tracking
+    @compat.no_dependency_tracking
     def build(self, var_list):
         self.inner_optimizer.build(var_list)
-        if self._masked_variable_ids is None:
-            restored = self._find_restored_kernels(var_list)
-            self._masked_variable_ids = {id(kernel) for kernel in restored}
+        if self._input_axes is None:
+            self._input_axes = self._find_restored_kernels(var_list)
         self._masks = {}
+        self._mask_axes = {}
         for variable in var_list:
-            if id(variable) in self._masked_variable_ids:
+            if id(variable) in self._input_axes:
                 _check_finite({variable.path: variable})
                 mask = self.add_variable_from_reference(
                     variable, name="asp_mask", initializer="ones"
                 )
-                self._masks[self._var_key(variable)] = mask
+                key = compat.optimizer_variable_key(self, variable)
+                self._masks[key] = mask
+                self._mask_axes[key] = self._input_axes[id(variable)]
         super().build(var_list)
 
     def _find_restored_kernels(self, var_list):
@@ -164,8 +174,8 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 f"{len(var_list)}. Build it on model.trainable_variables of "
                 "the model it was saved with."
             )
-        kernels = []
-        for index, shape in self.masked_variables["kernels"]:
+        input_axes = {}
+        for index, shape, *axes in self.masked_variables["kernels"]:
             if tuple(var_list[index].shape) != tuple(shape):
                 raise ValueError(
                     f"Trainable variable {index} ({var_list[index].path}) has "
@@ -173,8 +183,9 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                     f"wrapper pruned a kernel of shape {tuple(shape)} there. "
                     "Is this the model the optimizer was saved with?"
                 )
-            kernels.append(var_list[index])
-        return kernels
+            # Wrappers saved before EinsumDense support pruned axis -2 only.
+            input_axes[id(var_list[index])] = tuple(axes[0]) if axes else (len(shape) - 2,)
+        return input_axes
 
     @property
     def masks(self):
@@ -183,7 +194,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return compat.optimizer_own_variables(self) + self.inner_optimizer.variables
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -191,16 +202,18 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 self.build(trainable_variables)
             self.built = True
         if trainable_variables is None:
-            trainable_variables = self._trainable_variables
+            trainable_variables = compat.optimizer_trainable_variables(self)
         trainable_variables = list(trainable_variables)
+        keys = [compat.optimizer_variable_key(self, v) for v in trainable_variables]
         pairs = [
-            (variable, self._masks.get(self._var_key(variable))) for variable in trainable_variables
+            (variable, self._masks[key], self._mask_axes[key])
+            for variable, key in zip(trainable_variables, keys)
+            if key in self._masks
         ]
-        pairs = [(variable, mask) for variable, mask in pairs if mask is not None]
 
         def compute_masks():
-            for variable, mask in pairs:
-                mask.assign(masks.mask_2to4(variable))
+            for variable, mask, input_axes in pairs:
+                mask.assign(masks.mask_2to4(variable, input_axes))
             return tf.constant(True)
 
         if pairs:
@@ -210,11 +223,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 lambda: tf.constant(False),
             )
         masked_grads = [
-            _mask_gradient(grad, self._masks.get(self._var_key(variable)))
-            for grad, variable in zip(grads, trainable_variables)
+            _mask_gradient(grad, self._masks.get(key)) for grad, key in zip(grads, keys)
         ]
         self.inner_optimizer.apply(masked_grads, trainable_variables)
-        for variable, mask in pairs:
+        for variable, mask, _ in pairs:
             variable.assign(variable * mask)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
@@ -294,30 +306,11 @@ def _check_optimizer(optimizer):
             "AspOptimizerWrapperV2 wraps a keras.optimizers.Optimizer; got "
             f"{type(optimizer).__name__}."
         )
-    if getattr(optimizer, "_tf_asp_wrapped", False):
+    if compat.is_wrapped(optimizer):
         raise ValueError(
             f"Optimizer '{optimizer.name}' is already wrapped by an "
             "AspOptimizerWrapperV2. Create a new optimizer for each wrapper."
         )
-
-
-def _check_search_options(search_device, search_time_limit, plot_to_file):
-    if search_device not in SEARCH_DEVICES:
-        raise ValueError(f"search_device must be one of {SEARCH_DEVICES}; got {search_device!r}.")
-    if search_time_limit is not None and not (
-        isinstance(search_time_limit, (int, float)) and search_time_limit > 0
-    ):
-        raise ValueError(
-            "search_time_limit must be a positive number of seconds or None; "
-            f"got {search_time_limit!r}."
-        )
-    if plot_to_file is not None:
-        extension = os.path.splitext(os.fspath(plot_to_file))[1].lower()
-        if extension not in PLOT_EXTENSIONS:
-            raise ValueError(
-                f"plot_to_file must end with one of {PLOT_EXTENSIONS}; "
-                f"got {os.fspath(plot_to_file)!r}."
-            )
 
 
 def _check_model(model):
@@ -335,29 +328,32 @@ def _check_model(model):
 
 
 def _prunable_kernels(model, padding):
-    """Maps a readable name to each kernel that will be pruned, in order."""
-    kernels = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        kernel = masks.prunable_kernel(layer)
-        reason = masks.unprunable_reason(layer, padding)
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-            if reason is None and kernel is not None:
-                if all(kernel is not k for k in kernels.values()):
-                    kernels[f"{layer.name} {tuple(kernel.shape)}"] = kernel
-            else:
-                logger.debug("Layer '%s' stays dense: %s.", layer.name, reason)
+    """Maps a readable name to each `GemmKernel` that will be pruned, in order.
+
+    Logs at INFO every GEMM layer that stays dense, and why.
+    """
+    kernels, dense = {}, []
+    for gemm in registry.gemm_layers(model):
+        for kernel in gemm.prunable_kernels(padding):
+            if all(kernel.variable is not k.variable for k in kernels.values()):
+                kernels[f"{gemm.name} {kernel.shape}"] = kernel
+        reason = gemm.unprunable_reason(padding)
+        if reason is not None:
+            dense.append(f"{gemm.name} ({reason})")
+    if dense:
+        logger.info("%d GEMM layers stay dense: %s", len(dense), "; ".join(dense))
     return kernels
 
 
 def _positions(trainable_variables, kernels):
     """Where each kernel stands in the model's trainable variables."""
-    ids = {id(k) for k in kernels.values()}
+    axes = {id(k.variable): list(k.input_axes) for k in kernels.values()}
     return {
         "trainable_variable_count": len(trainable_variables),
         "kernels": [
-            [index, list(variable.shape)]
+            [index, list(variable.shape), axes[id(variable)]]
             for index, variable in enumerate(trainable_variables)
-            if id(variable) in ids
+            if id(variable) in axes
         ],
     }
 
@@ -366,15 +362,9 @@ def _check_finite(kernels):
     """Raises before anything is written if a kernel holds NaN or Inf."""
     with tf.init_scope():
         for name, kernel in kernels.items():
-            if not np.all(np.isfinite(np.asarray(kernel))):
+            if not np.all(np.isfinite(kernel.numpy())):
                 raise ValueError(
                     f"Kernel {name} contains NaN or Inf values, so no 2:4 "
                     "mask can be computed for it. Nothing was changed; fix "
                     "or reload the weights before wrapping the optimizer."
                 )
-
-
-def _permute(model, **options):
-    from tf_asp.graph import permute_model
-
-    return permute_model(model, **options)

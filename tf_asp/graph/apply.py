@@ -32,7 +32,7 @@ def permuted_values(groups, permutations):
     def take(variable, permutation, axis):
         key = id(variable)
         if key not in values:
-            values[key] = (variable, np.array(variable))
+            values[key] = (variable, variable.numpy())
         values[key] = (variable, np.take(values[key][1], permutation, axis=axis))
 
     for group in groups:
@@ -66,21 +66,7 @@ def check_permutation(permutation, channels):
 
 def assign(values):
     """Writes `{id: (variable, value)}`; returns the previous values."""
-    previous = {key: (v, np.array(v)) for key, (v, _) in values.items()}
+    previous = {key: (v, v.numpy()) for key, (v, _) in values.items()}
     for variable, value in values.values():
         variable.assign(value)
     return previous
-
-
-def relative_error(expected, actual):
-    """Largest `max|a - e| / max|e|` over a list of output arrays."""
-    error = 0.0
-    for e, a in zip(expected, actual):
-        e = np.asarray(e, dtype=np.float64)
-        a = np.asarray(a, dtype=np.float64)
-        if not np.array_equal(np.isnan(e), np.isnan(a)):
-            return float("inf")
-        e, a = np.nan_to_num(e), np.nan_to_num(a)
-        scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-12)
-        error = max(error, float(np.max(np.abs(a - e), initial=0.0)) / scale)
-    return error

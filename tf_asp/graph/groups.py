@@ -35,25 +35,31 @@ for group in groups:
 
 import dataclasses
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_asp import masks
+from tf_asp import compat
+from tf_asp import registry
 from tf_asp.graph import oplists
-from tf_asp.search import as_search_matrix
 
 _KERNEL_PATH_OPS = ("Identity", "Cast")
 
 
 @dataclasses.dataclass(eq=False)
 class Kernel:
-    """A Dense/Conv2D kernel in a group: its layer, variable and label."""
+    """A GEMM kernel in a group: its variable, layer, label and GEMM view.
+
+    `gemm` is the registry's `GemmKernel` (None for a kernel no layer
+    describes); `prunable` says whether tf_asp prunes it, `reason` why not.
+    """
 
     variable: object
     layer: object
     name: str
     prunable: bool = False
     reason: str = ""
+    gemm: object = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -88,7 +94,9 @@ class Group:
         `(C, K)` kernel as `(K, C)`, a Conv2D `(H, W, C, K)` kernel as
         `(K*H*W, C)`); siblings are stacked along the rows.
         """
-        return np.concatenate([as_search_matrix(k.variable) for k in self.prunable_consumers])
+        return np.concatenate(
+            [k.gemm.search_matrix(k.variable.numpy()) for k in self.prunable_consumers]
+        )
 
 
 def find_groups(graph, padding=False):
@@ -278,7 +286,7 @@ class _Analysis:
         variables = [self.graph.captured_variable(t) for t in handles]
         layer = self.layers.get(id(variables[0])) if len(variables) == 1 else None
         if (
-            not isinstance(layer, tf.keras.layers.Conv2D)
+            not isinstance(layer, keras.layers.Conv2D)
             or layer.kernel is not variables[0]
             or len(data) != 1
             or len(op.outputs) != 1
@@ -366,10 +374,14 @@ class _Analysis:
         name = self.labels.get(id(layer), variable.path)
         if layer is None:
             return Kernel(variable, None, name, False, "not a Keras layer's kernel")
-        reason = masks.unprunable_reason(layer, self.padding)
-        if reason is None and masks.prunable_kernel(layer) is not variable:
-            reason = "not the layer's prunable kernel"
-        return Kernel(variable, layer, name, reason is None, reason or "")
+        gemm_layer = registry.describe(layer)
+        kernels = gemm_layer.kernels if gemm_layer is not None else ()
+        gemm = next((k for k in kernels if k.variable is variable), None)
+        if gemm is None:
+            reason = (gemm_layer and gemm_layer.reason) or "not a GEMM kernel of its layer"
+        else:
+            reason = gemm_layer.reason or gemm.unprunable_reason(self.padding)
+        return Kernel(variable, layer, name, reason is None, reason or "", gemm)
 
     def _groups(self):
         spaces = {}  # root -> dict of lists, in graph order
@@ -473,7 +485,7 @@ def _nhwc(op):
 def _layers_by_variable(model):
     """id(variable) -> the innermost layer that owns it."""
     owners = {}
-    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    layers = [model, *compat.flatten_layers(model)]
     for layer in sorted(layers, key=lambda layer: -len(layer.weights)):
         for variable in layer.weights:
             owners[id(variable)] = layer
@@ -482,7 +494,7 @@ def _layers_by_variable(model):
 
 def _layer_labels(model):
     """id(layer) -> its name, or its variable path when the name repeats."""
-    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    layers = compat.flatten_layers(model)
     counts = {}
     for layer in layers:
         counts[layer.name] = counts.get(layer.name, 0) + 1

@@ -5,11 +5,14 @@ import time
 
 import numpy as np
 
+from tf_asp import registry
 from tf_asp.graph import apply
+from tf_asp.graph import verify as verification
 from tf_asp.graph.groups import find_groups
+from tf_asp.graph.plot import plot_graph
 from tf_asp.graph.trace import trace_model
 from tf_asp.log import logger
-from tf_asp.search import as_search_matrix
+from tf_asp.search import find_permutation
 from tf_asp.search import kept_magnitude
 
 VERIFY_TOLERANCE = 1e-4  # float32 rounding of a permuted model is ~1e-6
@@ -68,12 +71,15 @@ class PermutationSummary:
         k_permuted: names of the layers whose output channels were permuted.
         error: relative output error of the permuted model (None unverified).
         duration: seconds `permute_model` took.
+        dense_layers: `(name, reason)` of every GEMM layer that is not
+            pruned (and so not searched on), and why.
     """
 
     groups: tuple
     skipped: tuple
     error: float
     duration: float
+    dense_layers: tuple = ()
 
     @property
     def c_permuted(self):
@@ -93,6 +99,7 @@ class PermutationSummary:
         ]
         lines += [f"  {g}" for g in self.groups]
         lines += [f"  {s}" for s in self.skipped]
+        lines += [f"  {name} stays dense: {reason}" for name, reason in self.dense_layers]
         return "\n".join(lines)
 
 
@@ -104,7 +111,10 @@ def permute_model(
     search_time_limit=60,
     plot_to_file=None,
     verify=True,
+    verify_inputs=None,
     seed=0,
+    *,
+    search=find_permutation,
 ):
     """Permutes `model`'s channels so 2:4 pruning keeps more magnitude.
 
@@ -128,7 +138,13 @@ def permute_model(
         plot_to_file: write the op graph, coloured by what was permuted, to
             this `.png`, `.pdf`, `.svg` or `.dot` file.
         verify: compare the outputs before and after.
+        verify_inputs: the batch to compare them on (an array, or a list or
+            dict of them like the model's inputs); default: generated, see
+            `tf_asp.graph.verify`.
         seed: seed of the searches (the same seed gives the same result).
+        search: the search function, `tf_asp.search.find_permutation` or one
+            with its signature (`matrix, device=, time_limit=, seed=`) that
+            returns a `SearchResult`.
 
     Returns:
         A `PermutationSummary`.
@@ -140,10 +156,12 @@ def permute_model(
     print(summary)  # groups, efficacy, skipped groups and why
     ```
     """
-    from tf_asp.search import find_permutation
-
     start = time.perf_counter()
     graph = trace_model(model, input_shapes)
+    if verify and verify_inputs is not None:
+        inputs = verification.check_inputs(graph, verify_inputs)
+    else:
+        inputs = verification.verification_inputs(graph, seed) if verify else None
     groups, roles = find_groups(graph, padding=padding)
     active = [g for g in groups if g.skip_reason is None]
     skipped = tuple(
@@ -166,7 +184,7 @@ def permute_model(
 
     permutations, results = {}, []
     for group in _progress(active):
-        result = find_permutation(
+        result = search(
             group.search_matrix(),
             device=search_device,
             time_limit=search_time_limit,
@@ -178,16 +196,19 @@ def permute_model(
         logger.info("Permutation %s", results[-1])
 
     values = apply.permuted_values(active, permutations)
-    before = graph.run() if verify else None
+    before = graph.run(inputs) if verify else None
     originals = apply.assign(values)
     error = None
     if verify:
-        error = _verify(graph, before, active, permutations, originals)
-    summary = PermutationSummary(tuple(results), skipped, error, time.perf_counter() - start)
+        error = _verify(graph, inputs, before, active, permutations, originals)
+    dense = tuple(
+        (gemm.name, gemm.unprunable_reason(padding))
+        for gemm in registry.gemm_layers(model)
+        if gemm.unprunable_reason(padding) is not None
+    )
+    summary = PermutationSummary(tuple(results), skipped, error, time.perf_counter() - start, dense)
     logger.info("%s", str(summary).splitlines()[0])
     if plot_to_file is not None:
-        from tf_asp.graph.plot import plot_graph
-
         plot_graph(graph, roles, groups, plot_to_file)
     return summary
 
@@ -200,7 +221,7 @@ def _no_layer_loses(group, permutation):
     """
     permutation = apply.check_permutation(permutation, group.channels)
     for kernel in group.prunable_consumers:
-        matrix = as_search_matrix(kernel.variable)
+        matrix = kernel.gemm.search_matrix(kernel.variable.numpy())
         identity = kept_magnitude(matrix)
         if kept_magnitude(matrix, permutation) < identity * (1 - 1e-6):
             note = f"identity kept: {kernel.name} would keep less"
@@ -223,16 +244,16 @@ def _group_result(group, result, note):
     )
 
 
-def _verify(graph, before, groups, permutations, originals):
+def _verify(graph, inputs, before, groups, permutations, originals):
     """Relative output error; restores the weights and raises if too large."""
-    error = apply.relative_error(before, graph.run())
+    error = verification.relative_error(before, graph.run(inputs))
     if error <= VERIFY_TOLERANCE:
         return error
     apply.assign(originals)
     culprits = []
     for group in groups:
         previous = apply.assign(apply.permuted_values([group], permutations))
-        if apply.relative_error(before, graph.run()) > VERIFY_TOLERANCE:
+        if verification.relative_error(before, graph.run(inputs)) > VERIFY_TOLERANCE:
             culprits.append(group)
         apply.assign(previous)
     names = (

@@ -30,6 +30,17 @@ IDLE_GEMM_COLOUR = "lightgrey"  # a GEMM op neither permuted nor pruned
 FORMATS = ("png", "pdf", "svg", "dot")
 
 
+def check_plot_path(path, name="plot path"):
+    """The format a plot path asks for (its extension), or a ValueError."""
+    extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if extension not in FORMATS:
+        raise ValueError(
+            f"Cannot plot to {os.fspath(path)!r}: the {name}'s extension must be one of "
+            f"{', '.join('.' + f for f in FORMATS)}."
+        )
+    return extension
+
+
 def plot_graph(graph, roles, groups, path):
     """Writes the plot of an `OpGraph` to `path`; returns the path written.
 
@@ -44,12 +55,7 @@ def plot_graph(graph, roles, groups, path):
     """
     import pydot
 
-    extension = os.path.splitext(str(path))[1].lstrip(".").lower()
-    if extension not in FORMATS:
-        raise ValueError(
-            f"Cannot plot to '{path}': the extension must be one of "
-            f"{', '.join('.' + f for f in FORMATS)}."
-        )
+    extension = check_plot_path(path)
     sparse = {id(k.variable) for g in groups for k in g.prunable_consumers}
     active = {id(g) for g in groups if g.skip_reason is None}
     dot = pydot.Dot("tf_asp", graph_type="digraph", rankdir="TB")

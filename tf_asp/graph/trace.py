@@ -17,6 +17,8 @@ twice, resolve correctly.
 import numpy as np
 import tensorflow as tf
 
+from tf_asp import compat
+
 BATCH_SIZE = 2
 UNKNOWN_DIM = 32  # stands for a `None` dim other than the batch dim
 
@@ -30,18 +32,23 @@ class OpGraph:
         ops: its operations, in topological order.
         inputs: the model-input placeholders.
         outputs: the model-output tensors.
+        specs: the model's input `tf.TensorSpec`s (a None dim is free).
         sample_inputs: the random batch the graph was traced for (a list of
-            arrays, one per model input).
+            arrays, one per model input; their shapes are fully defined).
     """
 
-    def __init__(self, model, function, sample_inputs):
+    def __init__(self, model, call, specs, sample_inputs):
         self.model = model
-        self.function = function
+        self.specs = specs
         self.sample_inputs = sample_inputs
+        self._call = call
+        traced = [tf.TensorSpec(x.shape, tf.as_dtype(x.dtype)) for x in sample_inputs]
+        function = call.get_concrete_function(*traced)
+        self.function = function
         self.ops = list(function.graph.get_operations())
         self.inputs = list(function.graph.inputs[: len(sample_inputs)])
         self.outputs = list(function.graph.outputs)
-        variables = {id(v.value.handle): v for v in model.variables}
+        variables = {id(compat.variable_handle(v)): v for v in model.variables}
         self._variables = {}
         captures = zip(function.graph.internal_captures, function.captured_inputs)
         for internal, external in captures:
@@ -65,9 +72,11 @@ class OpGraph:
         """The `(op, input_index)` pairs that read `tensor`."""
         return self._consumers.get(tensor.ref(), [])
 
-    def run(self):
-        """The model's outputs on the sample batch, as a list of arrays."""
-        outputs = self.function(*[tf.constant(x) for x in self.sample_inputs])
+    def run(self, inputs=None):
+        """The model's outputs on `inputs` (a list of arrays, one per model
+        input; default: the sample batch), as a list of arrays."""
+        inputs = self.sample_inputs if inputs is None else inputs
+        outputs = self._call(*[tf.constant(x) for x in inputs])
         return [np.asarray(o) for o in tf.nest.flatten(outputs)]
 
 
@@ -84,7 +93,7 @@ def trace_model(model, input_shapes=None, seed=0):
     specs = input_specs(model, input_shapes)
     rng = np.random.default_rng(seed)
     sample_inputs = [_sample(spec, rng) for spec in specs]
-    structure = getattr(model, "_inputs_struct", None)
+    structure = _input_structure(model)
 
     def call(*inputs):
         if structure is not None and len(tf.nest.flatten(structure)) == len(inputs):
@@ -93,9 +102,15 @@ def trace_model(model, input_shapes=None, seed=0):
             arguments = inputs[0] if len(inputs) == 1 else list(inputs)
         return model(arguments, training=False)
 
-    concrete_specs = [tf.TensorSpec(x.shape, tf.as_dtype(x.dtype)) for x in sample_inputs]
-    function = tf.function(call, autograph=False).get_concrete_function(*concrete_specs)
-    return OpGraph(model, function, sample_inputs)
+    return OpGraph(model, tf.function(call, autograph=False), specs, sample_inputs)
+
+
+def _input_structure(model):
+    """The nested structure of a functional model's inputs, or None."""
+    try:
+        return model.input
+    except (AttributeError, ValueError):  # a subclassed model
+        return None
 
 
 def input_specs(model, input_shapes=None):

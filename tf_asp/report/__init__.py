@@ -1,6 +1,6 @@
 """Sparsity report: which kernels are 2:4, and which sparse Tensor Cores can run.
 
-Works on a Keras model (every Dense and Conv2D kernel) or on an exported
+Works on a Keras model (every GEMM kernel: `tf_asp.registry`) or on an exported
 SavedModel directory (every 2-D and 4-D float variable), so the structure that
 serving will see can be checked after export, without tf_asp's optimizer:
 
@@ -16,7 +16,7 @@ A kernel is *2:4* when at most 2 of every 4 consecutive input channels (axis
 -2) are non-zero (`tf_asp.masks.is_2to4`). Its shape *qualifies* for sparse
 Tensor Cores when its input dim is a multiple of 16 and its output dim a
 multiple of 8, a 4-D kernel `(H, W, C, K)` viewed as `(C, H*W*K)` (the rule of
-`tf_asp.masks.unprunable_reason`). Sparse Tensor Cores speed up the kernels
+`tf_asp.registry.shape_reason`). Sparse Tensor Cores speed up the kernels
 that are both.
 """
 
@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from tf_asp import masks
+from tf_asp import registry
 
 KERNEL_RANKS = (2, 4)  # Dense (C, K) and Conv2D (H, W, C, K) kernels
 
@@ -115,7 +116,7 @@ def sparsity_report(model_or_path, print_table=True):
     """Reports the 2:4 structure of a Keras model's or a SavedModel's kernels.
 
     Args:
-        model_or_path: a built Keras model (its Dense and Conv2D kernels), or
+        model_or_path: a built Keras model (its GEMM kernels), or
             the path of a SavedModel directory (its 2-D and 4-D float
             variables, the way serving sees them) or of a `.keras` file.
         print_table: print the table and its one-sentence summary.
@@ -157,16 +158,23 @@ def sparsity_report(model_or_path, print_table=True):
 
 
 def _model_rows(model):
+    """One row per GEMM kernel of a Keras model (`tf_asp.registry`)."""
     rows = []
-    for layer in masks._dense_and_conv_layers(model):
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None:
+    for gemm in registry.gemm_layers(model):
+        if gemm.reason is not None and gemm.reason.startswith("layer is not built"):
             raise ValueError(
-                f"Layer '{layer.name}' of model '{model.name}' is not built, "
+                f"Layer '{gemm.name}' of model '{model.name}' is not built, "
                 "so it has no kernel to report; build the model first (call "
                 "it on a batch or use keras.Input)."
             )
-        rows.append(_row(kernel.path, np.asarray(kernel), masks.unprunable_reason(layer)))
+        for kernel in gemm.kernels:
+            reason = gemm.reason or kernel.unprunable_reason()
+            rows.append(
+                _row(kernel.variable.path, kernel.variable.numpy(), reason, kernel.input_axes)
+            )
+        if not gemm.kernels:
+            variable = gemm.layer.kernel
+            rows.append(_row(variable.path, variable.numpy(), gemm.reason, input_axes=None))
     return tuple(rows)
 
 
@@ -225,12 +233,13 @@ def _saved_variables(loaded):
     return list({id(variable): variable for variable in variables}.values())
 
 
-def _row(name, kernel, reason):
+def _row(name, kernel, reason, input_axes=(-2,)):
+    """A report row; `input_axes=None` when they are unknown (never 2:4)."""
     return KernelSparsity(
         name=name,
         shape=tuple(kernel.shape),
         zero_fraction=1.0 - np.count_nonzero(kernel) / max(kernel.size, 1),
-        is_2to4=masks.is_2to4(kernel),
+        is_2to4=input_axes is not None and masks.is_2to4(kernel, input_axes),
         shape_qualifies=reason is None,
         reason=reason,
     )
@@ -242,11 +251,6 @@ def _variable_name(variable):
 
 
 def _shape_reason(shape):
-    """`masks.unprunable_reason`'s shape rule for a bare kernel shape."""
+    """The registry's shape rule for a bare kernel shape: (C, K) or (..., C, K)."""
     shape = tuple(shape)
-    channels, outputs = shape[-2], shape[-1]
-    if outputs % 8:
-        return f"output dim {outputs} of kernel {shape} is not a multiple of 8"
-    if channels % 16:
-        return f"input dim {channels} of kernel {shape} is not a multiple of 16"
-    return None
+    return registry.shape_reason(shape, input_size=shape[-2], output_size=shape[-1])

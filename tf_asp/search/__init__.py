@@ -21,6 +21,7 @@ The command line does the same for a matrix or a saved kernel:
 import numpy as np
 
 from tf_asp.search.backends import DEVICES
+from tf_asp.search.backends import check_device
 from tf_asp.search.backends import select_backend
 from tf_asp.search.metrics import efficacy
 from tf_asp.search.metrics import kept_magnitude
@@ -29,6 +30,7 @@ from tf_asp.search.metrics import unstructured_magnitude
 from tf_asp.search.native import KernelLibraryError
 from tf_asp.search.strategies import SearchResult
 from tf_asp.search.strategies import channel_swap
+from tf_asp.search.strategies import check_time_limit
 from tf_asp.search.strategies import exhaustive
 from tf_asp.search.strategies import optimize_stripe_groups
 from tf_asp.search.strategies import random_permutations
@@ -129,6 +131,8 @@ __all__ = [
     "SearchResult",
     "as_search_matrix",
     "channel_swap",
+    "check_device",
+    "check_time_limit",
     "default_strategy",
     "efficacy",
     "exhaustive",

@@ -34,12 +34,12 @@ class NumpyBackend:
         return contextlib.closing(ReferenceSearch(magnitudes, window, tables))
 
 
-def check_device(device):
+def check_device(device, name="device"):
     """The canonical spelling of `device`, or a ValueError."""
     canonical = {d.lower(): d for d in DEVICES}
     canonical["cuda"] = "GPU"
     if not isinstance(device, str) or device.lower() not in canonical:
-        raise ValueError(f"device must be one of {DEVICES}; got {device!r}.")
+        raise ValueError(f"{name} must be one of {DEVICES}; got {device!r}.")
     return canonical[device.lower()]
 
 

@@ -69,14 +69,21 @@ class SearchResult:
     timed_out: bool = False
 
 
+def check_time_limit(seconds, name="time_limit"):
+    """`seconds` if it is a positive number or None, else a ValueError."""
+    number = isinstance(seconds, (int, float, np.integer, np.floating)) and not isinstance(
+        seconds, bool
+    )
+    if seconds is not None and not (number and seconds > 0):
+        raise ValueError(f"{name} must be a positive number of seconds or None; got {seconds!r}.")
+    return seconds
+
+
 class Deadline:
     """`expired()` once `seconds` (None: never) have passed since creation."""
 
     def __init__(self, seconds):
-        if seconds is not None and not seconds > 0:
-            raise ValueError(
-                f"time_limit must be a positive number of seconds or None; got {seconds!r}."
-            )
+        check_time_limit(seconds)
         self.end = None if seconds is None else time.perf_counter() + seconds
         self.hit = False
 

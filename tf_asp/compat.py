@@ -1,0 +1,81 @@
+"""Every private Keras access tf_asp makes, in one place.
+
+Keras has no public API for a few things tf_asp needs; each function below
+names the private attribute it uses and why no public one serves.
+`tests/test_compat.py` exercises every one, so a Keras upgrade that removes
+one fails there, loudly, rather than deep inside a training run.
+
+```python
+for layer in compat.flatten_layers(model):   # every layer, nested ones too
+    ...
+```
+"""
+
+# Attribute tf_asp sets on an optimizer it wraps, so it is not wrapped twice.
+_WRAPPED_FLAG = "_tf_asp_wrapped"
+
+
+def flatten_layers(model):
+    """Every layer inside `model`, recursively, each once, `model` excluded.
+
+    `model.layers` lists only the top level; Keras' own recursive walk
+    (`Layer._flatten_layers`) also finds layers nested in models and in
+    custom layers' attributes (MultiHeadAttention's EinsumDense layers).
+    """
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def optimizer_variable_key(optimizer, variable):
+    """The key a Keras optimizer files a model variable's state under.
+
+    `Optimizer._var_key` also resolves a mirrored variable's replicas to one
+    key, which `id(variable)` would not.
+    """
+    return optimizer._var_key(variable)
+
+
+def optimizer_trainable_variables(optimizer):
+    """The variables the optimizer was built on (`Optimizer._trainable_variables`).
+
+    `apply(grads)` without variables updates these; Keras keeps them private.
+    """
+    return optimizer._trainable_variables
+
+
+def optimizer_own_variables(optimizer):
+    """The variables the optimizer created itself (`Optimizer._variables`).
+
+    A wrapper's public `variables` adds the wrapped optimizer's; this is the
+    wrapper's own list (its masks and counters) without them.
+    """
+    return optimizer._variables
+
+
+def no_dependency_tracking(method):
+    """Keras' decorator that stops attribute tracking inside `method`.
+
+    An optimizer's `build` assigns dicts of variables; tracked, they would be
+    saved twice. Keras exposes the decorator only in `keras.src`.
+    """
+    from keras.src.utils import tracking
+
+    return tracking.no_automatic_dependency_tracking(method)
+
+
+def mark_wrapped(optimizer):
+    """Flags `optimizer` as wrapped by tf_asp (an attribute on the object)."""
+    setattr(optimizer, _WRAPPED_FLAG, True)
+
+
+def is_wrapped(optimizer):
+    """True when `mark_wrapped(optimizer)` was called."""
+    return bool(getattr(optimizer, _WRAPPED_FLAG, False))
+
+
+def variable_handle(variable):
+    """The resource handle a traced function captures for a Keras variable.
+
+    A Keras 3 variable wraps a `tf.Variable` (`variable.value`); a traced
+    function captures that variable's `handle`.
+    """
+    return variable.value.handle
