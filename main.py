@@ -76,7 +76,7 @@ def run(
     model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=2)
 
     pruned, total = tf_asp.check_pruned_layers(model, show_all=True, check_structured=True)
-    print(f"2:4 sparse layers: {pruned} of {total} Dense/Conv2D layers")
+    print(f"2:4 sparse layers: {pruned} of {total} GEMM layers")
     if output_dir:
         model.export(output_dir, verbose=False)
         print(f"Exported the pruned model to {output_dir}")

@@ -21,12 +21,13 @@ import numpy as np
 from machine import cpu_name
 
 import tf_asp
-from tf_asp import masks
+from tf_asp import compat
+from tf_asp import registry
 
 
 def randomize_batch_norms(model, seed=0):
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(rng.normal(0.0, 0.3, layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape))
@@ -37,11 +38,7 @@ def run(name, device, time_limit):
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, name)(weights=None)
     randomize_batch_norms(model)
-    prunable = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if masks.unprunable_reason(layer) is None
-    ]
+    prunable = [g for g in registry.gemm_layers(model) if g.prunable_kernels()]
     start = time.perf_counter()
     optimizer = tf_asp.AspOptimizerWrapperV2(
         keras.optimizers.SGD(0.01),

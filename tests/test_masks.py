@@ -67,3 +67,19 @@ def test_is_2to4_accepts_only_the_structured_pattern():
     # A partial group of 2 may keep only 1.
     assert masks.is_2to4(np.array([[1.0], [0.0], [0.0], [2.0], [1.0], [0.0]]))
     assert not masks.is_2to4(np.array([[1.0], [0.0], [0.0], [2.0], [1.0], [1.0]]))
+
+
+@pytest.mark.parametrize(
+    "shape, input_axes",
+    [((4, 16, 8), (0, 1)), ((32, 4, 8), (0,)), ((3, 16, 8), (1,))],
+    ids=["attention_output", "query", "conv1d"],
+)
+def test_mask_along_several_input_axes_is_the_mask_of_the_flattened_gemm(shape, input_axes):
+    kernel = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    mask = masks.mask_2to4(kernel, input_axes).numpy()
+    inputs = [a for a in range(len(shape)) if a in input_axes]
+    others = [a for a in range(len(shape)) if a not in input_axes]
+    gemm = kernel.transpose(inputs + others).reshape(-1, int(np.prod([shape[a] for a in others])))
+    expected = brute_force_mask(gemm).reshape([shape[a] for a in inputs + others])
+    np.testing.assert_array_equal(mask, expected.transpose(np.argsort(inputs + others)))
+    assert masks.is_2to4(kernel * mask, input_axes)

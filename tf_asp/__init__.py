@@ -19,6 +19,7 @@ permutation search and its command line) needs only NumPy.
 import importlib
 
 from tf_asp.log import set_verbosity
+from tf_asp.registry import GemmKernel
 
 __version__ = "0.2.0"
 
@@ -53,4 +54,4 @@ def __dir__():
     return sorted(set(globals()) | set(_TENSORFLOW_NAMES))
 
 
-__all__ = ["__version__", "set_verbosity", *sorted(_TENSORFLOW_NAMES)]
+__all__ = ["GemmKernel", "__version__", "set_verbosity", *sorted(_TENSORFLOW_NAMES)]

@@ -105,7 +105,7 @@ def find_permutation(matrix, strategy=None, device="auto", time_limit=60, seed=0
 
 
 def as_search_matrix(kernel):
-    """A Keras kernel as the search's (rows, C) matrix (DESIGN.md's layout).
+    """A Keras kernel as the search's (rows, C) matrix (docs/design.md: "Search matrix").
 
     Dense `(C, K)` -> `(K, C)`; Conv2D `(H, W, C, K)` -> `(K*H*W, C)`: the
     input channels (axis -2) become the columns.

@@ -1,5 +1,5 @@
 """What a 2:4 mask keeps of a matrix, the bound a permutation cannot beat,
-and the efficacy of a permutation (DESIGN.md's definitions).
+and the efficacy of a permutation (docs/design.md: "Conventions").
 
 A matrix has one row per output value and one column per input channel; a
 2:4 mask keeps, in every row, the 2 largest magnitudes of each 4 consecutive

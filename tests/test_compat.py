@@ -1,0 +1,65 @@
+"""Every private Keras access in tf_asp/compat.py still works.
+
+A Keras upgrade that removes or changes one fails here, by name."""
+
+import keras
+import pytest
+import tensorflow as tf
+
+from tf_asp import compat
+
+pytestmark = pytest.mark.usefixtures("fresh_keras")
+
+
+def nested_model():
+    x = keras.Input((10, 64))
+    attention = keras.layers.MultiHeadAttention(4, 16, name="attention")
+    inner = keras.Model(x, attention(x, x), name="inner")
+    y = keras.Input((10, 64))
+    return keras.Model(y, keras.layers.Dense(8, name="head")(inner(y)), name="outer")
+
+
+def test_flatten_layers_finds_nested_layers_each_once_without_the_model():
+    model = nested_model()
+    names = [layer.name for layer in compat.flatten_layers(model)]
+    assert {"inner", "attention", "query", "key", "value", "attention_output", "head"} <= set(names)
+    assert "outer" not in names
+    assert len(names) == len(set(names))
+
+
+def test_optimizer_variable_keys_and_lists():
+    model = nested_model()
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    keys = [compat.optimizer_variable_key(optimizer, v) for v in model.trainable_variables]
+    assert len(set(keys)) == len(keys)
+    assert compat.optimizer_variable_key(optimizer, model.trainable_variables[0]) == keys[0]
+    assert list(compat.optimizer_trainable_variables(optimizer)) == model.trainable_variables
+    own = compat.optimizer_own_variables(optimizer)
+    assert optimizer.iterations in own and len(own) > len(keys)  # moments + counters
+
+
+def test_no_dependency_tracking_keeps_assigned_dicts_out_of_the_checkpoint():
+    class Holder(keras.layers.Layer):
+        @compat.no_dependency_tracking
+        def keep(self, variable):
+            self.kept = {"v": variable}
+
+    holder = Holder()
+    holder.keep(keras.Variable(1.0))
+    assert holder.weights == []
+
+
+def test_wrapped_flag_round_trip():
+    optimizer = keras.optimizers.SGD()
+    assert not compat.is_wrapped(optimizer)
+    compat.mark_wrapped(optimizer)
+    assert compat.is_wrapped(optimizer)
+
+
+def test_a_traced_function_captures_the_variable_handle():
+    model = nested_model()
+    spec = tf.TensorSpec((2, 10, 64))
+    function = tf.function(lambda x: model(x)).get_concrete_function(spec)
+    captured = {id(t) for t in function.captured_inputs}
+    assert all(id(compat.variable_handle(v)) in captured for v in model.variables)
