@@ -3,17 +3,9 @@
 import warnings
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from tf_asp import compat
-from tf_asp import masks
-from tf_asp import registry
-from tf_asp.graph import permute_model
-from tf_asp.graph.plot import check_plot_path
-from tf_asp.log import logger
-from tf_asp.search import check_device
-from tf_asp.search import check_time_limit
+from tf_asp import pruning
 
 
 @keras.saving.register_keras_serializable(package="tf_asp")
@@ -95,54 +87,33 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 "learning_rate or weight_decay on the wrapped optimizer."
             )
         _check_optimizer(optimizer)
-        search_device = check_device(search_device, "search_device")
-        check_time_limit(search_time_limit, "search_time_limit")
-        if plot_to_file is not None:
-            check_plot_path(plot_to_file, "plot_to_file")
+        options = pruning.PruningOptions(
+            padding=padding,
+            permute=permute,
+            input_shapes=input_shapes,
+            search_device=search_device,
+            search_time_limit=search_time_limit,
+            plot_to_file=plot_to_file,
+            verify_permutation=verify_permutation,
+            verify_inputs=verify_inputs,
+        )
         if model is None and masked_variables is None:
             raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
 
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
-        self.padding = bool(padding)
-        self.search_device = search_device
-        self.search_time_limit = search_time_limit
+        self.padding = options.padding
+        self.search_device = options.search_device
+        self.search_time_limit = options.search_time_limit
         self.permutation_summary = None
         self._input_axes = None  # id(kernel) -> its input axes, once known
 
         if model is not None:
             _check_model(model)
-            kernels = _prunable_kernels(model, self.padding)
-            _check_finite({name: kernel.variable for name, kernel in kernels.items()})
-            if permute:
-                self.permutation_summary = permute_model(
-                    model,
-                    input_shapes=input_shapes,
-                    padding=self.padding,
-                    search_device=search_device,
-                    search_time_limit=search_time_limit,
-                    plot_to_file=plot_to_file,
-                    verify=verify_permutation,
-                    verify_inputs=verify_inputs,
-                )
-            elif plot_to_file is not None:
-                raise ValueError(
-                    "plot_to_file draws the permutation of the op graph; it needs permute=True."
-                )
-            self._input_axes = {id(k.variable): k.input_axes for k in kernels.values()}
-            masked_variables = _positions(model.trainable_variables, kernels)
-            if not kernels:
-                message = (
-                    f"Model '{model.name}' has no prunable GEMM layer (input size a multiple "
-                    "of 16, output size a multiple of 8); it will be trained densely. "
-                    "tf_asp.set_verbosity('INFO') tells why for each layer."
-                )
-                warnings.warn(message, stacklevel=2)
-            logger.info(
-                "Will prune %d kernels to 2:4 at the first step: %s",
-                len(kernels),
-                ", ".join(kernels),
-            )
+            plan = pruning.prepare(model, options)
+            self.permutation_summary = plan.summary
+            self._input_axes = plan.input_axes
+            masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
         self.masked_variables = dict(masked_variables)
         compat.mark_wrapped(optimizer)
 
@@ -150,12 +121,14 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     def build(self, var_list):
         self.inner_optimizer.build(var_list)
         if self._input_axes is None:
-            self._input_axes = self._find_restored_kernels(var_list)
+            self._input_axes = pruning.restored_input_axes(
+                var_list, self.masked_variables, type(self).__name__
+            )
         self._masks = {}
         self._mask_axes = {}
         for variable in var_list:
             if id(variable) in self._input_axes:
-                _check_finite({variable.path: variable})
+                pruning.check_finite({variable.path: variable})
                 mask = self.add_variable_from_reference(
                     variable, name="asp_mask", initializer="ones"
                 )
@@ -163,29 +136,6 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
                 self._masks[key] = mask
                 self._mask_axes[key] = self._input_axes[id(variable)]
         super().build(var_list)
-
-    def _find_restored_kernels(self, var_list):
-        """Finds the pruned kernels of a wrapper made by `from_config`."""
-        count = self.masked_variables["trainable_variable_count"]
-        if len(var_list) != count:
-            raise ValueError(
-                f"This restored {type(self).__name__} prunes a model with "
-                f"{count} trainable variables but is being built on "
-                f"{len(var_list)}. Build it on model.trainable_variables of "
-                "the model it was saved with."
-            )
-        input_axes = {}
-        for index, shape, *axes in self.masked_variables["kernels"]:
-            if tuple(var_list[index].shape) != tuple(shape):
-                raise ValueError(
-                    f"Trainable variable {index} ({var_list[index].path}) has "
-                    f"shape {tuple(var_list[index].shape)}, but the saved "
-                    f"wrapper pruned a kernel of shape {tuple(shape)} there. "
-                    "Is this the model the optimizer was saved with?"
-                )
-            # Wrappers saved before EinsumDense support pruned axis -2 only.
-            input_axes[id(var_list[index])] = tuple(axes[0]) if axes else (len(shape) - 2,)
-        return input_axes
 
     @property
     def masks(self):
@@ -205,29 +155,17 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             trainable_variables = compat.optimizer_trainable_variables(self)
         trainable_variables = list(trainable_variables)
         keys = [compat.optimizer_variable_key(self, v) for v in trainable_variables]
-        pairs = [
+        masked = [
             (variable, self._masks[key], self._mask_axes[key])
             for variable, key in zip(trainable_variables, keys)
             if key in self._masks
         ]
-
-        def compute_masks():
-            for variable, mask, input_axes in pairs:
-                mask.assign(masks.mask_2to4(variable, input_axes))
-            return tf.constant(True)
-
-        if pairs:
-            tf.cond(
-                tf.equal(self.iterations, 0),
-                compute_masks,
-                lambda: tf.constant(False),
-            )
+        pruning.compute_masks_once(self.iterations, masked)
         masked_grads = [
-            _mask_gradient(grad, self._masks.get(key)) for grad, key in zip(grads, keys)
+            pruning.mask_gradient(grad, self._masks.get(key)) for grad, key in zip(grads, keys)
         ]
         self.inner_optimizer.apply(masked_grads, trainable_variables)
-        for variable, mask, _ in pairs:
-            variable.assign(variable * mask)
+        pruning.apply_masks(masked)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError("AspOptimizerWrapperV2 supports the TensorFlow backend only.")
@@ -282,12 +220,6 @@ class AspOptimizerWrapper(AspOptimizerWrapperV2):
         super().__init__(optimizer, model, padding=padding, name=name, **kwargs)
 
 
-def _mask_gradient(grad, mask):
-    if grad is None or mask is None:
-        return grad
-    return tf.convert_to_tensor(grad) * tf.cast(mask, grad.dtype)
-
-
 def _check_optimizer(optimizer):
     if isinstance(optimizer, AspOptimizerWrapperV2):
         raise ValueError(
@@ -325,46 +257,3 @@ def _check_model(model):
             "yet. Build it first: give it an Input, call model.build("
             "input_shape), or call it once on a batch."
         )
-
-
-def _prunable_kernels(model, padding):
-    """Maps a readable name to each `GemmKernel` that will be pruned, in order.
-
-    Logs at INFO every GEMM layer that stays dense, and why.
-    """
-    kernels, dense = {}, []
-    for gemm in registry.gemm_layers(model):
-        for kernel in gemm.prunable_kernels(padding):
-            if all(kernel.variable is not k.variable for k in kernels.values()):
-                kernels[f"{gemm.name} {kernel.shape}"] = kernel
-        reason = gemm.unprunable_reason(padding)
-        if reason is not None:
-            dense.append(f"{gemm.name} ({reason})")
-    if dense:
-        logger.info("%d GEMM layers stay dense: %s", len(dense), "; ".join(dense))
-    return kernels
-
-
-def _positions(trainable_variables, kernels):
-    """Where each kernel stands in the model's trainable variables."""
-    axes = {id(k.variable): list(k.input_axes) for k in kernels.values()}
-    return {
-        "trainable_variable_count": len(trainable_variables),
-        "kernels": [
-            [index, list(variable.shape), axes[id(variable)]]
-            for index, variable in enumerate(trainable_variables)
-            if id(variable) in axes
-        ],
-    }
-
-
-def _check_finite(kernels):
-    """Raises before anything is written if a kernel holds NaN or Inf."""
-    with tf.init_scope():
-        for name, kernel in kernels.items():
-            if not np.all(np.isfinite(kernel.numpy())):
-                raise ValueError(
-                    f"Kernel {name} contains NaN or Inf values, so no 2:4 "
-                    "mask can be computed for it. Nothing was changed; fix "
-                    "or reload the weights before wrapping the optimizer."
-                )
