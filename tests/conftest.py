@@ -1,12 +1,19 @@
-"""Shared test set-up: quiet TensorFlow, deterministic Keras, small models."""
+"""Shared test set-up: quiet TensorFlow, deterministic Keras, small models,
+the demo model of main.py, and running the repository's scripts."""
 
+import importlib.util
 import os
+import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
 import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +40,45 @@ def regression_data(model, samples=64, seed=0):
     x = rng.standard_normal((samples,) + tuple(model.input_shape[1:]))
     y = rng.standard_normal((samples,) + tuple(model.output_shape[1:]))
     return x.astype("float32"), y.astype("float32")
+
+
+def load_script(name):
+    """Imports REPO/name.py as a module, without touching sys.path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_command(*args, env=None):
+    """Runs `python *args` from the repository root; returns the result."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """main.py's demo, fine-tuned a few steps and exported: (model, SavedModel path)."""
+    path = tmp_path_factory.mktemp("demo") / "exported_model"
+    model = load_script("main").run(steps=3, batch_size=16, output_dir=str(path))
+    return model, str(path)
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(demo):
+    """The demo's SavedModel exported to ONNX by tf_asp.export: its path."""
+    from tf_asp.export import export_onnx
+
+    _, path = demo
+    export_onnx(path, path + ".onnx")
+    return path + ".onnx"
