@@ -159,6 +159,42 @@ def test_savedmodel_and_onnx_reports_agree_on_attention_einsum_and_conv1d(tmp_pa
     )
 
 
+def test_savedmodel_report_lists_variables_when_no_gemm_reads_one_and_says_so(tmp_path, caplog):
+    class EinsumOnly(tf.Module):  # tf.einsum stays an Einsum op: no MatMul reads the kernel
+        def __init__(self):
+            self.kernel = tf.Variable(np.ones((16, 8), np.float32), name="kernel")
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 16), tf.float32)])
+        def __call__(self, x):
+            return tf.einsum("bc,ck->bk", x, self.kernel)
+
+    module = EinsumOnly()
+    tf.saved_model.save(module, str(tmp_path / "saved"), signatures=module.__call__)
+    with caplog.at_level("WARNING", logger="tf_asp"):
+        report = sparsity_report(str(tmp_path / "saved"), print_table=False)
+    assert [(row.name, row.shape) for row in report.rows] == [("kernel", (16, 8))]
+    assert "listing every 2-D and 4-D float variable instead" in caplog.text
+
+
+def test_a_tf_function_with_an_input_signature_exports(tmp_path):
+    dense = keras.layers.Dense(16, name="dense")
+    dense.build((None, 32))
+    dense.kernel.assign(dense.kernel * masks.mask_2to4(dense.kernel))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 32), tf.float32, name="x")])
+    def serve(x):
+        return {"y": dense(x)}
+
+    report = export_onnx(serve, tmp_path / "serve.onnx")
+    assert [(row.shape, row.is_2to4) for row in report.rows] == [((32, 16), True)]
+    x = np.ones((2, 32), np.float32)
+    np.testing.assert_allclose(
+        onnx_outputs(str(tmp_path / "serve.onnx"), x=x)["y"], dense(x).numpy(), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="needs a tf.function with an input_signature"):
+        export_onnx(tf.function(lambda x: x), tmp_path / "other.onnx")
+
+
 # Refusals: one sentence, nothing written ------------------------------------
 
 

@@ -218,7 +218,11 @@ def _path_rows(path):
     from tf_asp.report import serving_graph
     from tf_asp.report.gemm import kernel_rows
 
-    kernels = serving_graph.savedmodel_kernels(loaded)
+    try:
+        kernels = serving_graph.savedmodel_kernels(loaded)
+    except Exception as error:  # a signature TensorFlow cannot freeze
+        logger.warning("Could not read the serving graph of %s (%s).", path, error)
+        kernels = []
     if kernels:
         return kernel_rows(kernels)
     logger.warning(
