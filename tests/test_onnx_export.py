@@ -159,6 +159,24 @@ def test_savedmodel_and_onnx_reports_agree_on_attention_einsum_and_conv1d(tmp_pa
     )
 
 
+@pytest.mark.slow
+def test_mobilenet_reports_alike_as_keras_model_savedmodel_and_onnx(tmp_path):
+    # Depthwise convolutions (ONNX Conv with one channel per group) stay out
+    # of all three; BatchNormalization folds into the ONNX Conv filters.
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
+            if kernel.shape[-2] % 16 == 0 and kernel.shape[-1] % 8 == 0:
+                kernel.assign(kernel * masks.mask_2to4(kernel))
+    model.export(tmp_path / "saved", verbose=False)
+    from_model = sparsity_report(model, print_table=False)
+    from_savedmodel = sparsity_report(str(tmp_path / "saved"), print_table=False)
+    from_onnx = export_onnx(str(tmp_path / "saved"), tmp_path / "model.onnx")
+    assert without_names(from_onnx) == without_names(from_savedmodel) == without_names(from_model)
+    assert from_onnx.summary().startswith("33 of 36 kernels are 2:4")
+
+
 def test_savedmodel_report_lists_variables_when_no_gemm_reads_one_and_says_so(tmp_path, caplog):
     class EinsumOnly(tf.Module):  # tf.einsum stays an Einsum op: no MatMul reads the kernel
         def __init__(self):
