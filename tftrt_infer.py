@@ -15,24 +15,15 @@ their median as the average throughput. The ONNX modes also print the largest
 difference between their outputs and native TensorFlow's on the same batch.
 
 `--use_onnxruntime` runs the ONNX file (`python -m tf_asp.export`) with ONNX
-Runtime: its CUDA provider when this onnxruntime has one, else the CPU.
-
-`--use_tensorrt` builds TensorRT engines from the ONNX file for the
-benchmark's batch shape at `--precision` (`tf_asp.serving.trt_engine`), once
-with sparse weights (`BuilderFlag.SPARSE_WEIGHTS`) and once without, prints
-which layers TensorRT's log says it ran with sparse kernels, and times both.
-`TF_TRT_SPARSE_MODE` set to 0 (or 1) builds only the dense (or sparse) engine.
-It needs the `tensorrt` and `cuda-python` packages and an NVIDIA GPU; sparse
-Tensor Cores need an Ampere or newer GPU and FP16 or INT8 precision.
-
-`--use_tftrt_model` converts the SavedModel with TF-TRT
-(`tf.experimental.tensorrt.Converter`, i.e. `TrtGraphConverterV2`), which
-only TensorFlow 2.17 and earlier built with TensorRT have (NVIDIA's
-TensorFlow container `nvcr.io/nvidia/tensorflow:<yy.mm>-tf2-py3`): TensorFlow
-2.18 removed it. There NVIDIA's sparse-enabled TF-TRT reads
-`TF_TRT_SPARSE_MODE` when it builds engines and logs `[TF-TRT] Sparse compute
-capability is enabled` (or `disabled`); this script logs the same line for
-the mode it asks for.
+Runtime, on its CUDA provider when present, else the CPU. `--use_tensorrt`
+builds TensorRT engines from it for the batch shape at `--precision`
+(`tf_asp.serving.trt_engine`), with sparse weights and without (or only the
+one `TF_TRT_SPARSE_MODE` names), prints the layers TensorRT's log says run
+sparse, and times both; it needs `tensorrt`, `cuda-python` and an NVIDIA GPU.
+`--use_tftrt_model` converts the SavedModel with TF-TRT, which only TensorFlow
+2.17 and earlier built with TensorRT have (NVIDIA's TensorFlow container);
+there it logs `[TF-TRT] Sparse compute capability is enabled` (or `disabled`
+for `TF_TRT_SPARSE_MODE=0`), as NVIDIA's sparse-enabled TF-TRT does.
 """
 
 import argparse
@@ -338,6 +329,15 @@ def host_inputs(inputs, input_names):
     return {name: tensor.numpy() for name, tensor in inputs.items()}
 
 
+def share_gpu():
+    """Lets TensorFlow take GPU memory as it needs it, not all of it up front,
+    so ONNX Runtime or TensorRT has room beside it on the same GPU."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
 def tf_device():
     import tensorflow as tf
 
@@ -347,6 +347,7 @@ def tf_device():
 def serve_native(args):
     """Native TensorFlow: the SavedModel's `serving_default` signature."""
     report_structure(args.saved_model_dir)
+    # `_native` holds the SavedModel, whose variables the signature reads.
     _native, function, inputs = load_native(args.saved_model_dir, args.batch_size)
     yield Benchmark("Native TensorFlow", tf_device(), function, inputs)
 
@@ -373,6 +374,7 @@ def serve_onnxruntime(args):
     """ONNX Runtime on the ONNX file, compared with native TensorFlow."""
     from tf_asp.serving.ort_session import OnnxRuntimeSession
 
+    share_gpu()
     report_structure(args.onnx_model)
     session = OnnxRuntimeSession(args.onnx_model)
     _native, function, inputs = load_native(args.saved_model_dir, args.batch_size)
@@ -388,6 +390,7 @@ def serve_tensorrt(args):
     """TensorRT engines from the ONNX file: sparse weights on, then off."""
     from tf_asp.serving import trt_engine
 
+    share_gpu()
     report_structure(args.onnx_model)
     missing = trt_engine.tensorrt_missing()
     if missing:

@@ -81,11 +81,11 @@ def export_onnx(model, onnx_path, opset=None, print_table=False):
             f"Cannot write '{onnx_path}': its directory '{directory}' does not exist."
         )
     function, specs, source = serving_function(model)
-    kernels = serving_graph.function_kernels(function.get_concrete_function(*specs))
     try:
+        kernels = serving_graph.function_kernels(function.get_concrete_function(*specs))
         proto, _ = tf2onnx.convert.from_function(function, specs, opset=opset)
         onnx.checker.check_model(proto)
-    except Exception as error:  # an op tf2onnx cannot convert, or an invalid graph
+    except Exception as error:  # a graph that cannot be frozen, or ops ONNX lacks
         raise ValueError(
             f"tf2onnx could not convert {source} to ONNX ({_first_line(error)}); "
             "nothing was written."
@@ -254,7 +254,7 @@ def main(argv=None):
         report = export_onnx(args.model, args.onnx, opset=args.opset, print_table=True)
     except (FileNotFoundError, ValueError, ImportError) as error:
         sys.exit(f"{parser.prog}: error: {error}")
-    if not any(row.is_2to4 for row in report.rows):
+    if not any(row.is_2to4 and row.zero_fraction > 0 for row in report.rows):
         print(
             f"{parser.prog}: warning: no kernel of {args.model} is 2:4, so sparse Tensor "
             "Cores cannot speed it up; prune it with tf_asp.AspOptimizerWrapperV2 first.",

@@ -160,9 +160,10 @@ class TensorRTEngine:
         self._stream = _checked(cudart, cudart.cudaStreamCreate())
         self._buffers = {}  # name -> (device pointer, shape, dtype)
         names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
-        self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.input_names = list(self._inputs)
-        for name in self._inputs:
+        self.input_names = [
+            name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        ]
+        for name in self.input_names:
             self._context.set_input_shape(name, input_shapes[name])
         for name in names:
             shape = tuple(self._context.get_tensor_shape(name))
@@ -189,7 +190,7 @@ class TensorRTEngine:
         import tensorrt as trt
 
         model = onnx.load(onnx_path)
-        quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+        quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)  # Q/DQ
         plan = build_plan(precision, hasattr(trt.BuilderFlag, "FP16"), quantized)
         logger = _capturing_logger(trt)
         builder = trt.Builder(logger)
@@ -202,7 +203,8 @@ class TensorRTEngine:
         )
         if not parsed:
             errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
-            raise TensorRTError(f"TensorRT could not parse '{onnx_path}' ({errors[:1]}).")
+            first = errors[0] if errors else "no error given"
+            raise TensorRTError(f"TensorRT could not parse '{onnx_path}' ({first}).")
         config = builder.create_builder_config()
         if sparse:
             config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
@@ -231,7 +233,7 @@ class TensorRTEngine:
 
     def set_inputs(self, arrays):
         """Copies input arrays (by name) to the engine's device buffers."""
-        for name in self._inputs:
+        for name in self.input_names:
             pointer, shape, dtype = self._buffers[name]
             array = np.ascontiguousarray(arrays[name], dtype=dtype).reshape(shape)
             kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -253,7 +255,7 @@ class TensorRTEngine:
         """Copies the outputs back: output name -> array."""
         arrays = {}
         for name, (pointer, shape, dtype) in self._buffers.items():
-            if name in self._inputs:
+            if name in self.input_names:
                 continue
             array = np.empty(shape, dtype)
             kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
