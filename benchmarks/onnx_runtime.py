@@ -9,6 +9,7 @@ alternate run by run, so a busy machine slows both alike; the table holds the
 medians and the largest output difference.
 
     python benchmarks/onnx_runtime.py --batch_sizes 1 32 128
+    python benchmarks/onnx_runtime.py --threads 1   # one thread per op in both runtimes
 """
 
 import argparse
@@ -65,7 +66,11 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--saved_model_dir", default=None, help="default: run main.py's demo")
     parser.add_argument("--onnx_model", default=None, help="default: export the SavedModel")
+    parser.add_argument("--threads", type=int, default=None, help="threads per op (default: all)")
     args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     with tempfile.TemporaryDirectory() as scratch:
         saved_model_dir = args.saved_model_dir
@@ -77,11 +82,12 @@ def main():
             export_onnx(saved_model_dir, onnx_model)
         loaded = tf.saved_model.load(saved_model_dir)
         signature = loaded.signatures["serving_default"]
-        session = OnnxRuntimeSession(onnx_model)
+        session = OnnxRuntimeSession(onnx_model, threads=args.threads)
 
         print(
             f"\nmachine: {cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}, "
             f"ONNX Runtime {onnxruntime.__version__} ({session.provider}); "
+            f"{args.threads or 'all'} threads per op; "
             f"median of {args.runs} alternating runs of {args.iterations} batches"
         )
         print("| batch | TensorFlow samples/s | ONNX Runtime samples/s | ORT / TF | max abs diff |")

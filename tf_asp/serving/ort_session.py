@@ -27,7 +27,8 @@ class OnnxRuntimeSession:
         output_names: the model's output names, in order.
     """
 
-    def __init__(self, onnx_path):
+    def __init__(self, onnx_path, threads=None):
+        """Opens `onnx_path`; `threads` caps the CPU threads per op (default: all cores)."""
         try:
             import onnxruntime
         except ImportError as error:
@@ -35,8 +36,14 @@ class OnnxRuntimeSession:
 
         available = onnxruntime.get_available_providers()
         providers = [name for name in PREFERRED_PROVIDERS if name in available]
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         try:
-            self._session = onnxruntime.InferenceSession(onnx_path, providers=providers)
+            self._session = onnxruntime.InferenceSession(
+                onnx_path, sess_options=options, providers=providers
+            )
         except Exception as error:  # not ONNX, or ops this runtime lacks
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
