@@ -4,9 +4,11 @@ The convnet's random initialization stands in for pretrained weights. The
 demo wraps SGD with `tf_asp.AspOptimizerWrapperV2` (which permutes channels
 and prunes every eligible kernel to 2:4), fine-tunes for a few steps on
 generated data, checks the 2:4 structure, and exports a SavedModel that
-`tf.saved_model.load` (or `tftrt_infer.py`) can serve.
+`tf.saved_model.load` (or `tftrt_infer.py`) can serve, and optionally a
+`.keras` file that keeps the optimizer and its masks for more fine-tuning.
 
     python main.py --steps 20 --batch_size 32 --output_dir ./exported_model
+    python main.py --keras_file pruned.keras   # also save the .keras file
 """
 
 import argparse
@@ -54,6 +56,7 @@ def run(
     seed=0,
     permute=True,
     plot_to_file=None,
+    keras_file=None,
 ):
     """Prunes, fine-tunes and exports the demo model; returns it."""
     keras.utils.set_random_seed(seed)
@@ -80,6 +83,9 @@ def run(
     if output_dir:
         model.export(output_dir, verbose=False)
         print(f"Exported the pruned model to {output_dir}")
+    if keras_file:
+        model.save(keras_file)
+        print(f"Saved the model and its optimizer (with the masks) to {keras_file}")
     return model
 
 
@@ -88,6 +94,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="fine-tuning steps")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--output_dir", default="./exported_model")
+    parser.add_argument(
+        "--keras_file", default=None, help="also save the model and its masks to this .keras file"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_permute", action="store_true", help="prune without permuting")
     parser.add_argument(
@@ -105,6 +114,7 @@ def main(argv=None):
         seed=args.seed,
         permute=not args.no_permute,
         plot_to_file=args.plot_to_file,
+        keras_file=args.keras_file,
     )
 
 

@@ -42,6 +42,9 @@ class BuildPyWithKernels(build_py):
 
 
 TEST_REQUIRES = ["pytest>=7", "pytest-timeout", "ruff==0.17.6"]
+# ONNX export (tf_asp.export), ONNX reports and ONNX Runtime serving; these
+# versions work with TensorFlow 2.21 and NumPy 2.
+ONNX_REQUIRES = ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"]
 
 setup(
     name="tf_asp",
@@ -61,6 +64,9 @@ setup(
         "cpu": ["tensorflow-cpu==2.21.0"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
         "test": TEST_REQUIRES,
+        "onnx": ONNX_REQUIRES,
+        # tftrt_infer.py --use_tensorrt (a Linux machine with an NVIDIA GPU)
+        "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
     },
     cmdclass={"build_py": BuildPyWithKernels},
 )

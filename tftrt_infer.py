@@ -1,27 +1,29 @@
-"""Serve the pruned SavedModel with native TensorFlow or TF-TRT and time it.
+"""Serve the pruned model with native TensorFlow, ONNX Runtime or TensorRT and time it.
 
     python tftrt_infer.py --use_native_tensorflow
-    python tftrt_infer.py --use_tftrt_model                       # sparse compute on
-    TF_TRT_SPARSE_MODE=0 python tftrt_infer.py --use_tftrt_model  # sparse compute off
+    python tftrt_infer.py --use_onnxruntime --onnx_model model.onnx
+    python tftrt_infer.py --use_tensorrt --onnx_model model.onnx --precision fp16
+    TF_TRT_SPARSE_MODE=0 python tftrt_infer.py --use_tensorrt   # sparse weights off only
+    python tftrt_infer.py --use_tftrt_model                     # TF-TRT, TensorFlow <= 2.17
 
-It first checks the SavedModel's 2:4 structure (`tf_asp.sparsity_report`) and
-says which kernels sparse Tensor Cores can run. Then it feeds generated batches
-to the `serving_default` signature: `--warmup` untimed batches, then `--runs`
-timed runs of `--iterations` batches each, and prints every run's throughput
-and their median as the average throughput.
+It first checks the 2:4 structure of what it serves (`tf_asp.sparsity_report`
+of the SavedModel, or of the ONNX file) and says which kernels sparse Tensor
+Cores can run. Then it feeds generated batches (made from the SavedModel's
+`serving_default` signature): `--warmup` untimed batches, then `--runs` timed
+runs of `--iterations` batches each, and prints every run's throughput and
+their median as the average throughput. The ONNX modes also print the largest
+difference between their outputs and native TensorFlow's on the same batch.
 
-`--use_tftrt_model` converts the SavedModel with TF-TRT
-(`tf.experimental.tensorrt.Converter`, i.e. `TrtGraphConverterV2`) at
-`--precision`, builds the TensorRT engines for the benchmark's batch shape,
-saves the result (`--tftrt_output_dir`), and times it the same way. TensorRT's
-sparse kernels need an Ampere or newer GPU and FP16 or INT8 precision.
-NVIDIA's sparse-enabled TF-TRT reads `TF_TRT_SPARSE_MODE` when it builds
-engines (0 turns sparse compute off) and logs `[TF-TRT] Sparse compute
-capability is enabled` (or `disabled`); this script logs the same line for the
-mode it asks for, and TensorRT's own log says which layers it ran sparse
-(`(Sparsity) Layers eligible for sparse math: ...`). TF-TRT needs TensorFlow
-built with TensorRT and an NVIDIA GPU; NVIDIA's TensorFlow container
-(`nvcr.io/nvidia/tensorflow:<yy.mm>-tf2-py3`) has both.
+`--use_onnxruntime` runs the ONNX file (`python -m tf_asp.export`) with ONNX
+Runtime, on its CUDA provider when present, else the CPU. `--use_tensorrt`
+builds TensorRT engines from it for the batch shape at `--precision`
+(`tf_asp.serving.trt_engine`), with sparse weights and without (or only the
+one `TF_TRT_SPARSE_MODE` names), prints the layers TensorRT's log says run
+sparse, and times both; it needs `tensorrt`, `cuda-python` and an NVIDIA GPU.
+`--use_tftrt_model` converts the SavedModel with TF-TRT, which only TensorFlow
+2.17 and earlier built with TensorRT have (NVIDIA's TensorFlow container);
+there it logs `[TF-TRT] Sparse compute capability is enabled` (or `disabled`
+for `TF_TRT_SPARSE_MODE=0`), as NVIDIA's sparse-enabled TF-TRT does.
 """
 
 import argparse
@@ -29,7 +31,11 @@ import logging
 import os
 import statistics
 import sys
-import time
+from typing import NamedTuple
+
+from tf_asp.serving.throughput import largest_difference
+from tf_asp.serving.throughput import measure_throughput
+from tf_asp.serving.throughput import wait_for_outputs
 
 PRECISIONS = ("FP32", "FP16", "INT8")
 CONTAINER = "nvcr.io/nvidia/tensorflow:<yy.mm>-tf2-py3"
@@ -42,6 +48,16 @@ class ServingError(RuntimeError):
     """The model cannot be served as asked; the message says what to do."""
 
 
+class Benchmark(NamedTuple):
+    """A serving function to time: `function(**inputs)`, then `wait(outputs)`."""
+
+    title: str
+    device: str
+    function: object
+    inputs: dict
+    wait: object = wait_for_outputs
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="tftrt_infer.py", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -51,11 +67,26 @@ def parse_args(argv=None):
         help="serve the SavedModel with TensorFlow itself",
     )
     mode.add_argument(
+        "--use_onnxruntime",
+        action="store_true",
+        help="serve the ONNX file with ONNX Runtime (CUDA provider when present, else CPU)",
+    )
+    mode.add_argument(
+        "--use_tensorrt",
+        action="store_true",
+        help="build TensorRT engines from the ONNX file, sparse weights on and off",
+    )
+    mode.add_argument(
         "--use_tftrt_model",
         action="store_true",
-        help="convert it with TF-TRT and serve the TensorRT engines",
+        help="convert it with TF-TRT and serve the TensorRT engines (TensorFlow <= 2.17)",
     )
     parser.add_argument("--saved_model_dir", default="./exported_model")
+    parser.add_argument(
+        "--onnx_model",
+        default="./exported_model.onnx",
+        help="the ONNX file of --use_onnxruntime and --use_tensorrt (python -m tf_asp.export)",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches before timing")
     parser.add_argument("--iterations", type=int, default=100, help="batches per timed run")
@@ -65,7 +96,7 @@ def parse_args(argv=None):
         type=str.upper,
         choices=PRECISIONS,
         default="FP16",
-        help="TF-TRT precision (FP16 or INT8 for sparse Tensor Cores)",
+        help="TensorRT / TF-TRT precision (FP16 or INT8 for sparse Tensor Cores)",
     )
     parser.add_argument(
         "--tftrt_output_dir",
@@ -95,6 +126,33 @@ def sparse_mode_enabled(environ=os.environ):
             f"TF_TRT_SPARSE_MODE must be an integer (0 turns sparse compute "
             f"off, 1 turns it on), not {value!r}."
         ) from None
+
+
+def tensorrt_sparse_modes(environ=os.environ):
+    """The sparse-weights settings `--use_tensorrt` builds engines for.
+
+    Both (on, then off) unless `TF_TRT_SPARSE_MODE` is set: then only the one
+    it names.
+    """
+    if "TF_TRT_SPARSE_MODE" not in environ:
+        return (True, False)
+    return (sparse_mode_enabled(environ),)
+
+
+def tftrt_removed(version):
+    """Whether TensorFlow `version` is 2.18 or later, which has no TF-TRT."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return (major, minor) >= (2, 18)
+
+
+def tftrt_removed_message(version, saved_model_dir):
+    """One sentence: TF-TRT is gone from this TensorFlow; what to use instead."""
+    return (
+        f"TF-TRT no longer exists in TensorFlow 2.18 and later (this is {version}), so "
+        "--use_tftrt_model cannot run here; export the model with `python -m "
+        f"tf_asp.export {saved_model_dir} --onnx model.onnx` and serve it with "
+        "`--use_tensorrt --onnx_model model.onnx`."
+    )
 
 
 def tftrt_missing():
@@ -148,44 +206,11 @@ def generated_inputs(function, batch_size, seed=0):
     return inputs
 
 
-def measure_throughput(function, inputs, batch_size, warmup, iterations, runs):
-    """Samples per second of `runs` timed runs of `iterations` calls each.
-
-    `warmup` calls run first and are not timed. Each run ends by reading its
-    last output back to the host, which waits for all queued GPU work.
-    """
-    for _ in range(warmup):
-        outputs = function(**inputs)
-    if warmup:
-        _wait(outputs)
-    throughputs = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(iterations):
-            outputs = function(**inputs)
-        _wait(outputs)
-        throughputs.append(batch_size * iterations / (time.perf_counter() - start))
-    return throughputs
-
-
-def largest_difference(outputs, expected):
-    """The largest absolute difference between two dicts of output tensors."""
-    return max(
-        float(abs(outputs[key].numpy().astype("float64") - value.numpy()).max())
-        for key, value in expected.items()
-    )
-
-
-def _wait(outputs):
-    for tensor in outputs.values():
-        tensor.numpy()
-
-
-def report_structure(saved_model_dir):
-    """Prints the SavedModel's sparsity report and which kernels qualify."""
+def report_structure(path):
+    """Prints the sparsity report of a SavedModel or ONNX file and which kernels qualify."""
     from tf_asp.report import sparsity_report
 
-    report = sparsity_report(saved_model_dir)
+    report = sparsity_report(path)
     ready = [row.name for row in report.sparse_ready]
     dense = [row.name for row in report.rows if row.shape_qualifies and not row.is_2to4]
     if ready:
@@ -195,17 +220,19 @@ def report_structure(saved_model_dir):
             "No kernel of %s is both 2:4 and of a sparse-Tensor-Core shape, so "
             "sparse compute cannot speed it up; prune it with "
             "tf_asp.AspOptimizerWrapperV2 before exporting.",
-            saved_model_dir,
+            path,
         )
     if dense:
         print(f"Shaped for sparse Tensor Cores but not 2:4: {', '.join(dense)}")
     return report
 
 
-def check_tftrt(precision):
+def check_tftrt(precision, saved_model_dir="./exported_model"):
     """Raises `ServingError` when TF-TRT cannot run here; logs the sparse mode."""
     import tensorflow as tf
 
+    if tftrt_removed(tf.__version__):
+        raise ServingError(tftrt_removed_message(tf.__version__, saved_model_dir))
     missing = tftrt_missing()
     if missing:
         raise ServingError(missing_tftrt_message(missing))
@@ -225,6 +252,10 @@ def check_tftrt(precision):
             details.get("device_name", gpu.name),
             *capability,
         )
+    _warn_if_fp32(sparse, precision)
+
+
+def _warn_if_fp32(sparse, precision):
     if sparse and precision == "FP32":
         logger.warning(
             "TensorRT picks sparse kernels at FP16 or INT8 precision; with "
@@ -272,60 +303,194 @@ def serving_function(saved_model):
     return saved_model.signatures[SIGNATURE]
 
 
+def load_native(saved_model_dir, batch_size):
+    """(loaded SavedModel, its serving function, a generated batch for it)."""
+    import tensorflow as tf
+
+    if not tf.saved_model.contains_saved_model(saved_model_dir):
+        raise ServingError(
+            f"{saved_model_dir} is not a SavedModel directory; load "
+            "it with keras.models.load_model and export it with "
+            "`model.export(path)`."
+        )
+    native = tf.saved_model.load(saved_model_dir)  # keep it alive while serving
+    function = serving_function(native)
+    return native, function, generated_inputs(function, batch_size)
+
+
+def host_inputs(inputs, input_names):
+    """The generated batch as NumPy arrays, checked against the ONNX inputs."""
+    if set(input_names) != set(inputs):
+        raise ServingError(
+            f"The ONNX model's inputs {sorted(input_names)} are not the SavedModel's "
+            f"{sorted(inputs)}; export the ONNX file from this SavedModel with "
+            "`python -m tf_asp.export`."
+        )
+    return {name: tensor.numpy() for name, tensor in inputs.items()}
+
+
+def share_gpu():
+    """Lets TensorFlow take GPU memory as it needs it, not all of it up front,
+    so ONNX Runtime or TensorRT has room beside it on the same GPU."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def tf_device():
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+
+def serve_native(args):
+    """Native TensorFlow: the SavedModel's `serving_default` signature."""
+    report_structure(args.saved_model_dir)
+    # `_native` holds the SavedModel, whose variables the signature reads.
+    _native, function, inputs = load_native(args.saved_model_dir, args.batch_size)
+    yield Benchmark("Native TensorFlow", tf_device(), function, inputs)
+
+
+def serve_tftrt(args):
+    """TF-TRT (TensorFlow <= 2.17 built with TensorRT)."""
+    import tensorflow as tf
+
+    report_structure(args.saved_model_dir)
+    check_tftrt(args.precision, args.saved_model_dir)
+    _native, function, inputs = load_native(args.saved_model_dir, args.batch_size)
+    convert_with_tftrt(args.saved_model_dir, args.tftrt_output_dir, args.precision, inputs)
+    converted = tf.saved_model.load(args.tftrt_output_dir)
+    expected, function = function(**inputs), serving_function(converted)
+    print(
+        "Largest |TF-TRT - native TensorFlow| output difference: "
+        f"{largest_difference(function(**inputs), expected):.3g}"
+    )
+    sparse = "With" if sparse_mode_enabled() else "No"
+    yield Benchmark(f"TF-TRT {args.precision} - {sparse} sparse compute", "GPU", function, inputs)
+
+
+def serve_onnxruntime(args):
+    """ONNX Runtime on the ONNX file, compared with native TensorFlow."""
+    from tf_asp.serving.ort_session import OnnxRuntimeSession
+
+    share_gpu()
+    report_structure(args.onnx_model)
+    session = OnnxRuntimeSession(args.onnx_model)
+    _native, function, inputs = load_native(args.saved_model_dir, args.batch_size)
+    feeds = host_inputs(inputs, session.input_names)
+    print(
+        "Largest |ONNX Runtime - native TensorFlow| output difference: "
+        f"{largest_difference(session(**feeds), function(**inputs)):.3g}"
+    )
+    yield Benchmark("ONNX Runtime", session.provider, session, feeds)
+
+
+def serve_tensorrt(args):
+    """TensorRT engines from the ONNX file: sparse weights on, then off."""
+    from tf_asp.serving import trt_engine
+
+    share_gpu()
+    report_structure(args.onnx_model)
+    missing = trt_engine.tensorrt_missing()
+    if missing:
+        raise ServingError(trt_engine.missing_tensorrt_message(missing))
+    modes = tensorrt_sparse_modes()
+    _warn_if_fp32(True in modes, args.precision)
+    gpu, capability = trt_engine.gpu_capability()
+    if True in modes and capability < (8, 0):
+        logger.warning(
+            "%s has compute capability %d.%d; sparse Tensor Cores need 8.0 (Ampere) "
+            "or newer, so TensorRT will run every kernel densely.",
+            gpu,
+            *capability,
+        )
+    _native, function, inputs = load_native(args.saved_model_dir, args.batch_size)
+    expected = function(**inputs)
+    for sparse in modes:
+        engine = trt_engine.TensorRTEngine.build(
+            args.onnx_model,
+            {name: tuple(tensor.shape) for name, tensor in inputs.items()},
+            precision=args.precision,
+            sparse=sparse,
+            calibration=[{name: tensor.numpy() for name, tensor in inputs.items()}],
+        )
+        with engine:
+            feeds = host_inputs(inputs, engine.input_names)
+            if sparse:
+                eligible, picked = engine.sparsity
+                print(f"TensorRT found 2:4 weights in: {', '.join(eligible) or 'no layer'}")
+                print(f"TensorRT chose sparse kernels for: {', '.join(picked) or 'no layer'}")
+            engine.set_inputs(feeds)
+            engine.execute()
+            engine.synchronize()
+            print(
+                f"Largest |TensorRT - native TensorFlow| output difference: "
+                f"{largest_difference(engine.outputs(), expected):.3g}"
+            )
+            yield Benchmark(
+                f"TensorRT {args.precision} - sparse weights {'on' if sparse else 'off'}",
+                "GPU",
+                engine.execute,  # the batch is on the GPU already
+                {},
+                engine.synchronize,
+            )
+
+
+MODES = {
+    "use_native_tensorflow": serve_native,
+    "use_tftrt_model": serve_tftrt,
+    "use_onnxruntime": serve_onnxruntime,
+    "use_tensorrt": serve_tensorrt,
+}
+
+
+def time_benchmark(benchmark, args):
+    """Times `benchmark`, prints every run and the median; returns the median."""
+    print(
+        f"# {benchmark.title} on {benchmark.device}: batch {args.batch_size}, {args.warmup} "
+        f"warm-up batches, {args.runs} timed runs of {args.iterations} batches"
+    )
+    throughputs = measure_throughput(
+        benchmark.function,
+        benchmark.inputs,
+        args.batch_size,
+        args.warmup,
+        args.iterations,
+        args.runs,
+        wait=benchmark.wait,
+    )
+    for run, throughput in enumerate(throughputs, 1):
+        print(f"  run {run}: {throughput:.1f} samples/sec")
+    median = statistics.median(throughputs)
+    print(f"  Average throughput: {median:.1f} samples/sec (median of {args.runs} runs)")
+    return median
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if args.use_native_tensorflow:
+    if not args.use_tftrt_model:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TF-TRT mode keeps TensorFlow's C++ INFO log: TF-TRT and TensorRT report
     # there which layers run sparse.
 
-    import tensorflow as tf
-
     import tf_asp
+    from tf_asp.serving.trt_engine import TensorRTError
 
     tf_asp.set_verbosity(args.verbosity)
+    serve = next(function for flag, function in MODES.items() if getattr(args, flag))
+    medians = []
     try:
-        report_structure(args.saved_model_dir)
-        if args.use_tftrt_model:
-            check_tftrt(args.precision)
-        if not tf.saved_model.contains_saved_model(args.saved_model_dir):
-            raise ServingError(
-                f"{args.saved_model_dir} is not a SavedModel directory; load "
-                "it with keras.models.load_model and export it with "
-                "`model.export(path)`."
-            )
-        native = tf.saved_model.load(args.saved_model_dir)  # keep it alive
-        function = serving_function(native)
-        inputs = generated_inputs(function, args.batch_size)
-        if args.use_native_tensorflow:
-            title = "Native TensorFlow"
-        else:
-            convert_with_tftrt(args.saved_model_dir, args.tftrt_output_dir, args.precision, inputs)
-            converted = tf.saved_model.load(args.tftrt_output_dir)
-            expected, function = function(**inputs), serving_function(converted)
-            print(
-                "Largest |TF-TRT - native TensorFlow| output difference: "
-                f"{largest_difference(function(**inputs), expected):.3g}"
-            )
-            sparse = "With" if sparse_mode_enabled() else "No"
-            title = f"TF-TRT {args.precision} - {sparse} sparse compute"
-    except (FileNotFoundError, ValueError, ServingError) as error:
+        for benchmark in serve(args):
+            medians.append((benchmark.title, time_benchmark(benchmark, args)))
+    except (FileNotFoundError, ValueError, ImportError, ServingError, TensorRTError) as error:
         sys.exit(f"tftrt_infer.py: error: {error}")
-
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(
-        f"# {title} on {device}: batch {args.batch_size}, {args.warmup} "
-        f"warm-up batches, {args.runs} timed runs of {args.iterations} batches"
-    )
-    throughputs = measure_throughput(
-        function, inputs, args.batch_size, args.warmup, args.iterations, args.runs
-    )
-    for run, throughput in enumerate(throughputs, 1):
-        print(f"  run {run}: {throughput:.1f} samples/sec")
-    print(
-        f"  Average throughput: {statistics.median(throughputs):.1f} "
-        f"samples/sec (median of {args.runs} runs)"
-    )
+    if len(medians) == 2:
+        (_, sparse), (_, dense) = medians
+        print(
+            f"Sparse weights on / off: {sparse:.1f} / {dense:.1f} samples/sec "
+            f"({sparse / dense:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything tf_asp needs on a fresh Debian/Ubuntu machine with
 # Python 3.10+: graphviz (for op-graph plots), TensorFlow 2.21 (CPU), the
-# test tools, tf_keras (only to test that Keras 2 optimizers are refused),
-# and tf_asp itself in editable mode, which compiles the search kernels.
+# test tools, tf2onnx/onnx/onnxruntime (ONNX export and serving), tf_keras
+# (only to test that Keras 2 optimizers are refused), and tf_asp itself in
+# editable mode, which compiles the search kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,6 @@ if ! command -v dot >/dev/null 2>&1; then
 fi
 
 python3 -m pip install -q --upgrade pip
-python3 -m pip install -q -e ".[cpu,test]"
+python3 -m pip install -q -e ".[cpu,test,onnx]"
 # tf_keras pins the full `tensorflow` distribution; tensorflow-cpu provides it.
 python3 -m pip install -q --no-deps "tf-keras==2.21.0"

@@ -1,5 +1,11 @@
 """Models, data and checks shared by the tests (fixtures live in conftest.py)."""
 
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -12,6 +18,7 @@ from tf_asp.graph.trace import trace_model
 from tf_asp.graph.verify import relative_error
 
 layers = keras.layers
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def small_mlp(hidden=64, inputs=32, outputs=16):
@@ -84,3 +91,27 @@ def permuted_sets(groups):
 
 def skip_reasons(groups):
     return {name: g.skip_reason for g in groups if g.skip_reason for name in g.consumer_names}
+
+
+def load_script(name):
+    """Imports REPO/name.py as a module, without touching sys.path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_command(*args, env=None):
+    """Runs `python *args` from the repository root; returns the result."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1]

@@ -1,64 +1,28 @@
 """Deployment: main.py exports a SavedModel that serves the fine-tuned model,
 the sparsity report proves its 2:4 structure, and tftrt_infer.py serves it.
 
-The demo runs once per module (a few fine-tuning steps); the command lines run
-in subprocesses, as a user would run them.
+The demo runs once per test session (a few fine-tuning steps, `demo` in
+conftest.py); the command lines run in subprocesses, as a user would run them.
 """
 
-import importlib.util
-import os
-import pathlib
 import re
 import statistics
-import subprocess
-import sys
 import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import last_line
+from helpers import load_script
 from helpers import prunable_kernels
+from helpers import run_command
 
 from tf_asp import masks
 from tf_asp import registry
 from tf_asp.report import sparsity_report
 
 pytestmark = pytest.mark.usefixtures("fresh_keras")
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    """Imports REPO/name.py as a module, without touching sys.path."""
-    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_command(*args, env=None):
-    """Runs `python *args` from the repository root; returns the result."""
-    return subprocess.run(
-        [sys.executable, *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-    )
-
-
-def last_line(text):
-    return text.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """main.py's demo, fine-tuned a few steps and exported: (model, path)."""
-    path = tmp_path_factory.mktemp("demo") / "exported_model"
-    model = load_script("main").run(steps=3, batch_size=16, output_dir=str(path))
-    return model, str(path)
 
 
 def prunable_kernel_paths(model):
@@ -306,8 +270,31 @@ needs_tftrt = pytest.mark.skipif(
     not load_script("tftrt_infer").tftrt_missing(),
     reason="TensorRT and a GPU are present: TF-TRT runs instead of failing",
 )
+tftrt_removed = load_script("tftrt_infer").tftrt_removed(tf.__version__)
 
 
+@pytest.mark.skipif(not tftrt_removed, reason="TensorFlow <= 2.17 may still have TF-TRT")
+def test_tftrt_mode_on_tensorflow_2_18_or_later_says_it_is_gone_in_one_sentence(demo):
+    _, path = demo
+    result = run_command("tftrt_infer.py", "--use_tftrt_model", "--saved_model_dir", path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Sparsity report" in result.stdout  # the structure is checked first
+    message = last_line(result.stderr)
+    assert message.startswith("tftrt_infer.py: error: TF-TRT no longer exists in TensorFlow 2.18")
+    assert f"(this is {tf.__version__})" in message
+    assert "--use_tensorrt --onnx_model" in message
+    assert message.count(". ") == 0
+
+
+@pytest.mark.parametrize(
+    "version, removed", [("2.17.1", False), ("2.18.0", True), ("2.21.0", True)]
+)
+def test_tftrt_is_gone_from_tensorflow_2_18(version, removed):
+    assert load_script("tftrt_infer").tftrt_removed(version) is removed
+
+
+@pytest.mark.skipif(tftrt_removed, reason="TensorFlow 2.18 and later say TF-TRT is gone instead")
 @needs_tftrt
 def test_tftrt_mode_without_tensorrt_or_gpu_exits_with_one_sentence(demo):
     _, path = demo
@@ -319,6 +306,16 @@ def test_tftrt_mode_without_tensorrt_or_gpu_exits_with_one_sentence(demo):
     assert message.startswith("tftrt_infer.py: error: TF-TRT needs TensorFlow")
     assert "built without TensorRT" in message
     assert "sees no GPU" in message
+    assert "NVIDIA's TensorFlow container" in message
+    assert message.count(". ") == 0
+
+
+def test_what_tftrt_lacks_is_said_in_one_sentence():
+    message = load_script("tftrt_infer").missing_tftrt_message(
+        ["this TensorFlow 2.17.0 was built without TensorRT", "TensorFlow sees no GPU"]
+    )
+    assert message.startswith("TF-TRT needs TensorFlow built with TensorRT and an NVIDIA GPU")
+    assert "built without TensorRT and TensorFlow sees no GPU" in message
     assert "NVIDIA's TensorFlow container" in message
     assert message.count(". ") == 0
 
@@ -335,8 +332,8 @@ def test_tftrt_conversion_reaches_the_converter_and_stops_with_a_sentence(demo):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(
-    bool(load_script("tftrt_infer").tftrt_missing()),
-    reason="needs TensorFlow built with TensorRT and a GPU (NVIDIA's container)",
+    tftrt_removed or bool(load_script("tftrt_infer").tftrt_missing()),
+    reason="needs TensorFlow <= 2.17 built with TensorRT and a GPU (NVIDIA's container)",
 )
 @pytest.mark.parametrize("sparse_mode", ["1", "0"])
 def test_tftrt_mode_converts_and_reports_throughput(demo, tmp_path, sparse_mode):

@@ -28,6 +28,7 @@ _TENSORFLOW_NAMES = {
     "AspOptimizerWrapper": "tf_asp.optimizer",
     "AspOptimizerWrapperV2": "tf_asp.optimizer",
     "check_pruned_layers": "tf_asp.masks",
+    "export_onnx": "tf_asp.export",
     "sparsity_report": "tf_asp.report",
 }
 

@@ -1,8 +1,10 @@
 """Sparsity report: which kernels are 2:4, and which sparse Tensor Cores can run.
 
-Works on a Keras model (every GEMM kernel: `tf_asp.registry`) or on an exported
-SavedModel directory (every 2-D and 4-D float variable), so the structure that
-serving will see can be checked after export, without tf_asp's optimizer:
+Works on a Keras model (every GEMM kernel: `tf_asp.registry`), on an exported
+SavedModel directory and on an ONNX file (every weight a MatMul, Conv2D or
+Gemm multiplies by, in the view serving has of it: `tf_asp.report.serving_graph`
+and `tf_asp.report.onnx`), so the structure that serving will see can be
+checked after export, without tf_asp's optimizer:
 
 ```python
 report = tf_asp.sparsity_report("./exported_model")
@@ -10,7 +12,7 @@ for row in report.rows:
     print(row.name, row.is_2to4, row.shape_qualifies)
 ```
 
-or from a shell: `python -m tf_asp.report ./exported_model`.
+or from a shell: `python -m tf_asp.report ./exported_model` (or `model.onnx`).
 
 A kernel is *2:4* when at most 2 of every 4 consecutive input channels (axis
 -2) are non-zero (`tf_asp.masks.is_2to4`). Its shape *qualifies* for sparse
@@ -27,6 +29,7 @@ import numpy as np
 
 from tf_asp import masks
 from tf_asp import registry
+from tf_asp.log import logger
 
 KERNEL_RANKS = (2, 4)  # Dense (C, K) and Conv2D (H, W, C, K) kernels
 
@@ -113,12 +116,14 @@ class SparsityReport:
 
 
 def sparsity_report(model_or_path, print_table=True):
-    """Reports the 2:4 structure of a Keras model's or a SavedModel's kernels.
+    """Reports the 2:4 structure of a Keras model's, SavedModel's or ONNX file's kernels.
 
     Args:
-        model_or_path: a built Keras model (its GEMM kernels), or
-            the path of a SavedModel directory (its 2-D and 4-D float
-            variables, the way serving sees them) or of a `.keras` file.
+        model_or_path: a built Keras model (its GEMM kernels: `tf_asp.registry`),
+            or the path of a SavedModel directory (the weights its signatures
+            multiply by, in GEMM view: `tf_asp.report.serving_graph`), of a
+            `.keras` file, or of an `.onnx` file (the initializers its Conv,
+            MatMul and Gemm nodes multiply by: `tf_asp.report.onnx`).
         print_table: print the table and its one-sentence summary.
 
     Returns:
@@ -129,7 +134,8 @@ def sparsity_report(model_or_path, print_table=True):
     Raises:
         FileNotFoundError: the path does not exist.
         ValueError: the path is neither a SavedModel directory nor a `.keras`
-            file, or the model is not built.
+            or ONNX file, or the model is not built.
+        ImportError: an `.onnx` path, and the onnx package is not installed.
         TypeError: `model_or_path` is neither a Keras model nor a path.
 
     Example:
@@ -182,6 +188,11 @@ def _path_rows(path):
     import keras
     import tensorflow as tf
 
+    if path.endswith(".onnx"):
+        from tf_asp.report import onnx
+        from tf_asp.report.gemm import kernel_rows
+
+        return kernel_rows(onnx.onnx_kernels(onnx.load_onnx(path)))
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"No SavedModel at '{path}': the path does not exist; export one "
@@ -201,7 +212,7 @@ def _path_rows(path):
     if not (os.path.isdir(path) and tf.saved_model.contains_saved_model(path)):
         raise ValueError(
             f"'{path}' is not a SavedModel directory (it has no "
-            "saved_model.pb) nor a .keras file; pass the directory that "
+            "saved_model.pb) nor a .keras or .onnx file; pass the directory that "
             "`model.export(path)` or `tf.saved_model.save` wrote."
         )
     try:
@@ -212,6 +223,21 @@ def _path_rows(path):
             f"({type(error).__name__}: {error}); re-export it with this "
             "TensorFlow version."
         ) from error
+    from tf_asp.report import serving_graph
+    from tf_asp.report.gemm import kernel_rows
+
+    try:
+        kernels = serving_graph.savedmodel_kernels(loaded)
+    except Exception as error:  # a signature TensorFlow cannot freeze
+        logger.warning("Could not read the serving graph of %s (%s).", path, error)
+        kernels = []
+    if kernels:
+        return kernel_rows(kernels)
+    logger.warning(
+        "No MatMul, BatchMatMul or Conv2D of the signatures of %s reads a variable; "
+        "listing every 2-D and 4-D float variable instead.",
+        path,
+    )
     return tuple(
         _row(_variable_name(variable), variable.numpy(), _shape_reason(variable.shape))
         for variable in _saved_variables(loaded)

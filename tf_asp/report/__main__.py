@@ -1,7 +1,8 @@
-"""`python -m tf_asp.report PATH`: print the sparsity report of a SavedModel.
+"""`python -m tf_asp.report PATH`: print the sparsity report of a SavedModel,
+a `.keras` file or an ONNX file.
 
 Exits with status 1 and one sentence on stderr when PATH is missing or is not
-a SavedModel directory (or `.keras` file).
+a SavedModel directory, `.keras` file or ONNX file.
 """
 
 import argparse
@@ -14,17 +15,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m tf_asp.report",
-        description="Print which kernels of a SavedModel (or .keras file) are "
+        description="Print which kernels of a SavedModel (or .keras or .onnx file) are "
         "2:4 sparse and which shapes suit sparse Tensor Cores.",
     )
-    parser.add_argument("path", help="a SavedModel directory or a .keras file")
+    parser.add_argument("path", help="a SavedModel directory, a .keras file or an .onnx file")
     args = parser.parse_args(argv)
 
     from tf_asp.report import sparsity_report
 
     try:
         sparsity_report(args.path)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:
         sys.exit(f"{parser.prog}: error: {error}")
 
 
