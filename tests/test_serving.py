@@ -17,9 +17,9 @@ from helpers import last_line
 from helpers import load_script
 from helpers import run_command
 
-from tf_asp.report.gemm import kernel_rows
 from tf_asp.report.onnx import load_onnx
 from tf_asp.report.onnx import onnx_kernels
+from tf_asp.report.served import kernel_rows
 from tf_asp.serving import trt_engine
 from tf_asp.serving.ort_session import OnnxRuntimeSession
 

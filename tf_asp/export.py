@@ -194,7 +194,7 @@ def lost_2to4_kernels(kernels, exported):
     Each 2:4 kernel (most zeros first) claims one exported kernel of the same
     GEMM shape that is zero wherever it is zero: the same weights, or the
     weights scaled per output channel by a fold. Both arguments are lists of
-    `tf_asp.report.gemm.GemmKernel`.
+    `tf_asp.report.served.ServedKernel`.
     """
     from tf_asp import masks
 

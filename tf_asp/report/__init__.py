@@ -190,7 +190,7 @@ def _path_rows(path):
 
     if path.endswith(".onnx"):
         from tf_asp.report import onnx
-        from tf_asp.report.gemm import kernel_rows
+        from tf_asp.report.served import kernel_rows
 
         return kernel_rows(onnx.onnx_kernels(onnx.load_onnx(path)))
     if not os.path.exists(path):
@@ -224,7 +224,7 @@ def _path_rows(path):
             "TensorFlow version."
         ) from error
     from tf_asp.report import serving_graph
-    from tf_asp.report.gemm import kernel_rows
+    from tf_asp.report.served import kernel_rows
 
     try:
         kernels = serving_graph.savedmodel_kernels(loaded)

@@ -2,7 +2,7 @@
 
 Every initializer that feeds the weight input of a `Conv`, `MatMul` or `Gemm`
 node (directly, or through `Identity` or `Cast`) is a kernel, brought to the
-GEMM layout of `tf_asp.report.gemm` (input channels on axis -2):
+GEMM layout of `tf_asp.report.served` (input channels on axis -2):
 
 * `Conv` weights `(K, C, kH, kW)` become `(kH, kW, C, K)`, a Keras `Conv2D`
   kernel (for a grouped convolution `C` is the channels per group);
@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from tf_asp.report.gemm import GemmKernel
+from tf_asp.report.served import ServedKernel
 
 ONNX_MISSING = (
     "Reading ONNX files needs the onnx package, which is not installed; "
@@ -67,7 +67,7 @@ def onnx_kernels(model):
         model: an `onnx.ModelProto` (see `load_onnx`).
 
     Returns:
-        A list of `GemmKernel(name, node, weights)` in node order, one per
+        A list of `ServedKernel(name, node, weights)` in node order, one per
         initializer: `name` is the initializer's, `node` the first node that
         multiplies by it, `weights` its values in GEMM layout.
     """
@@ -92,7 +92,7 @@ def onnx_kernels(model):
         weights = numpy_helper.to_array(constants[name])
         weights = _gemm_layout(node, weights if dtype is None else weights.astype(dtype))
         if weights is not None and np.issubdtype(weights.dtype, np.floating):
-            kernels[name] = GemmKernel(name, node.name or f"{node.op_type} #{index}", weights)
+            kernels[name] = ServedKernel(name, node.name or f"{node.op_type} #{index}", weights)
     return list(kernels.values())
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
-from tf_asp.report.gemm import GemmKernel
+from tf_asp.report.served import ServedKernel
 
 # Ops that change a weight's dtype or layout but not which values it holds.
 _LAYOUT_OPS = ("Identity", "Cast", "Reshape", "ExpandDims", "Squeeze", "Transpose")
@@ -42,7 +42,7 @@ def function_kernels(function):
             traced Keras model (`tf.function(model).get_concrete_function(spec)`).
 
     Returns:
-        A list of `GemmKernel(name, node, weights)` in graph order: `name` is
+        A list of `ServedKernel(name, node, weights)` in graph order: `name` is
         the variable's name (`"dense/kernel"`), `node` the op that multiplies
         by it, `weights` its values in GEMM layout (input channels on axis -2).
     """
@@ -56,7 +56,7 @@ def function_kernels(function):
             continue
         value = tf.get_static_value(op.outputs[0])
         for node, weights in _gemm_views(op.outputs[0], value):
-            kernels[names[op.name]] = GemmKernel(names[op.name], node, weights)
+            kernels[names[op.name]] = ServedKernel(names[op.name], node, weights)
             break
     return list(kernels.values())
 

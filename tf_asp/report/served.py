@@ -1,4 +1,4 @@
-"""A weight in its GEMM view: the matrix a MatMul or convolution multiplies by.
+"""A served weight in its GEMM view: the matrix a MatMul or convolution multiplies by.
 
 Serving runs every prunable kernel as a GEMM whose weight has the input
 channels on axis -2 and the outputs on axis -1: `(C, K)` for a matrix product
@@ -20,7 +20,7 @@ from tf_asp.report import _row
 from tf_asp.report import _shape_reason
 
 
-class GemmKernel(NamedTuple):
+class ServedKernel(NamedTuple):
     """One weight that a GEMM of the served graph multiplies by.
 
     Attributes:
@@ -35,7 +35,7 @@ class GemmKernel(NamedTuple):
 
 
 def kernel_rows(kernels):
-    """The report rows (`KernelSparsity`) of some `GemmKernel`s, in order."""
+    """The report rows (`KernelSparsity`) of some `ServedKernel`s, in order."""
     return tuple(
         _row(kernel.name, kernel.weights, _shape_reason(kernel.weights.shape)) for kernel in kernels
     )
