@@ -57,9 +57,38 @@ def test_wrapped_flag_round_trip():
     assert compat.is_wrapped(optimizer)
 
 
-def test_a_traced_function_captures_the_variable_handle():
-    model = nested_model()
-    spec = tf.TensorSpec((2, 10, 64))
+def captured_handle_ids(model, shape):
+    spec = tf.TensorSpec(shape)
     function = tf.function(lambda x: model(x)).get_concrete_function(spec)
-    captured = {id(t) for t in function.captured_inputs}
-    assert all(id(compat.variable_handle(v)) in captured for v in model.variables)
+    return {id(t) for t in function.captured_inputs}
+
+
+def test_a_traced_function_captures_a_variable_handle_of_every_variable():
+    model = nested_model()
+    captured = captured_handle_ids(model, (2, 10, 64))
+    assert all(
+        any(id(h) in captured for h in compat.variable_handles(v)) for v in model.variables
+    )
+
+
+def test_a_traced_tf_keras_function_captures_a_variable_handle_of_every_variable():
+    tf_keras = pytest.importorskip("tf_keras")
+    inputs = tf_keras.Input((8, 8, 16))
+    x = tf_keras.layers.Conv2D(32, 3)(inputs)
+    x = tf_keras.layers.BatchNormalization()(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(8)(x))
+    captured = captured_handle_ids(model, (2, 8, 8, 16))
+    assert len(model.variables) == 8
+    assert all(
+        any(id(h) in captured for h in compat.variable_handles(v)) for v in model.variables
+    )
+
+
+def test_variable_paths_whichever_keras():
+    layer = keras.layers.Dense(4, name="head")
+    layer.build((None, 3))
+    assert compat.variable_path(layer.kernel) == "head/kernel"
+    tf_keras = pytest.importorskip("tf_keras")
+    model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(4, name="head")])
+    assert model.layers[0].kernel.name == "head/kernel:0"
+    assert compat.variable_path(model.layers[0].kernel) == "head/kernel"

@@ -72,10 +72,29 @@ def is_wrapped(optimizer):
     return bool(getattr(optimizer, _WRAPPED_FLAG, False))
 
 
-def variable_handle(variable):
-    """The resource handle a traced function captures for a Keras variable.
+def variable_handles(variable):
+    """Every resource handle a traced function may capture for `variable`.
 
-    A Keras 3 variable wraps a `tf.Variable` (`variable.value`); a traced
-    function captures that variable's `handle`.
+    A Keras 3 variable wraps a `tf.Variable` (`variable.value`) and a traced
+    function captures that one's `handle`; a tf_keras variable (and its mixed
+    precision `AutoCastVariable`) is a `tf.Variable` itself, captured as
+    `variable.handle`.
     """
-    return variable.value.handle
+    import tensorflow as tf
+
+    tf_variable = variable if isinstance(variable, tf.Variable) else variable.value
+    return [tf_variable.handle]
+
+
+def variable_path(variable):
+    """A variable's readable path, e.g. `"dense/kernel"`, whichever Keras.
+
+    Keras 3 variables have `path`; a tf_keras variable is a `tf.Variable`,
+    whose `name` ends in the output index `":0"`.
+    """
+    path = getattr(variable, "path", None)
+    if path is not None:
+        return path
+    name = variable.name
+    return name[: -len(":0")] if name.endswith(":0") else name
+
