@@ -124,23 +124,23 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             self._input_axes = pruning.restored_input_axes(
                 var_list, self.masked_variables, type(self).__name__
             )
-        self._masks = {}
-        self._mask_axes = {}
-        for variable in var_list:
-            if id(variable) in self._input_axes:
-                pruning.check_finite({variable.path: variable})
-                mask = self.add_variable_from_reference(
-                    variable, name="asp_mask", initializer="ones"
-                )
-                key = compat.optimizer_variable_key(self, variable)
-                self._masks[key] = mask
-                self._mask_axes[key] = self._input_axes[id(variable)]
+        self._masks = pruning.build_masks(
+            var_list,
+            self._input_axes,
+            self._key,
+            lambda kernel: self.add_variable_from_reference(
+                kernel, name="asp_mask", initializer="ones"
+            ),
+        )
         super().build(var_list)
+
+    def _key(self, variable):
+        return compat.optimizer_variable_key(self, variable)
 
     @property
     def masks(self):
         """The 2:4 mask variables, one per pruned kernel (after `build`)."""
-        return list(self._masks.values()) if self.built else []
+        return [mask for mask, _ in self._masks.values()] if self.built else []
 
     @property
     def variables(self):
@@ -154,18 +154,14 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         if trainable_variables is None:
             trainable_variables = compat.optimizer_trainable_variables(self)
         trainable_variables = list(trainable_variables)
-        keys = [compat.optimizer_variable_key(self, v) for v in trainable_variables]
-        masked = [
-            (variable, self._masks[key], self._mask_axes[key])
-            for variable, key in zip(trainable_variables, keys)
-            if key in self._masks
-        ]
-        pruning.compute_masks_once(self.iterations, masked)
-        masked_grads = [
-            pruning.mask_gradient(grad, self._masks.get(key)) for grad, key in zip(grads, keys)
-        ]
-        self.inner_optimizer.apply(masked_grads, trainable_variables)
-        pruning.apply_masks(masked)
+        pruning.masked_update(
+            self.iterations,
+            self._masks,
+            self._key,
+            grads,
+            trainable_variables,
+            lambda masked_grads: self.inner_optimizer.apply(masked_grads, trainable_variables),
+        )
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError("AspOptimizerWrapperV2 supports the TensorFlow backend only.")
@@ -183,7 +179,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         return self.inner_optimizer.iterations
 
     def finalize_variable_values(self, var_list):
+        # An exponential moving average (use_ema=True) overwrites the kernels.
         self.inner_optimizer.finalize_variable_values(var_list)
+        if self.built:
+            pruning.apply_masks(pruning.masked_kernels(self._masks, self._key, var_list))
 
     def get_config(self):
         return {

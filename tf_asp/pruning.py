@@ -1,6 +1,7 @@
 """What every tf_asp optimizer wrapper does, whichever Keras it serves.
 
-A wrapper (`tf_asp.optimizer` for Keras 3) is a thin layer over two steps:
+A wrapper (`tf_asp.optimizer` for Keras 3, `tf_asp.keras2` for tf_keras) is
+a thin layer over two steps:
 
 - **prepare**, once, at construction: pick the kernels to prune (the
   registry), check their values, permute channels, log what stays dense;
@@ -12,11 +13,9 @@ plan = prepare(model, PruningOptions(padding=True))
 plan.kernels          # {"dense_1 (64, 32)": GemmKernel, ...}
 plan.summary          # the PermutationSummary (None without permutation)
 
-# inside the wrapper's apply():
-compute_masks_once(iterations, masked)          # masked: [(kernel, mask, axes)]
-grads = [mask_gradient(g, mask) for g, mask in ...]
-inner.apply(grads, variables)
-apply_masks(masked)
+# in the wrapper's build(var_list), and every step:
+masks = build_masks(var_list, plan.input_axes, key, add_mask)
+masked_update(iterations, masks, key, grads, variables, inner_update)
 ```
 """
 
@@ -26,6 +25,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tf_asp import compat
 from tf_asp import masks
 from tf_asp import registry
 from tf_asp.graph import permute_model
@@ -213,3 +213,51 @@ def apply_masks(masked):
     """Zeroes the pruned weights again after the wrapped optimizer's update."""
     for variable, mask, _ in masked:
         variable.assign(variable * mask)
+
+
+def build_masks(var_list, input_axes, key, add_mask):
+    """Creates the mask of every pruned kernel among `var_list`.
+
+    Args:
+        var_list: the variables the wrapper is built on.
+        input_axes: id(kernel) -> its input axes (`PruningPlan.input_axes`).
+        key: the optimizer's key for a variable (it files masks by it).
+        add_mask: creates a wrapper variable of ones shaped like a kernel.
+
+    Returns:
+        `{key(kernel): (mask variable, input axes)}`.
+    """
+    built = {}
+    for variable in var_list:
+        axes = input_axes.get(id(variable))
+        if axes is not None:
+            check_finite({compat.variable_path(variable): variable})
+            built[key(variable)] = (add_mask(variable), axes)
+    return built
+
+
+def masked_kernels(built, key, variables):
+    """The `(kernel, mask, input axes)` of each pruned kernel in `variables`."""
+    found = ((variable, built.get(key(variable))) for variable in variables)
+    return [(variable, *entry) for variable, entry in found if entry is not None]
+
+
+def masked_update(iterations, built, key, grads, variables, update):
+    """One step of a wrapper: masks, masked gradients, update, masked kernels.
+
+    Args:
+        iterations: the wrapped optimizer's step counter (masks are
+            computed when it is 0).
+        built: what `build_masks` returned.
+        key: the optimizer's key for a variable.
+        grads, variables: the step's gradients and their variables.
+        update: runs the wrapped optimizer on a list of gradients for
+            `variables`; its result is returned.
+    """
+    masked = masked_kernels(built, key, variables)
+    compute_masks_once(iterations, masked)
+    entries = [built.get(key(variable)) for variable in variables]
+    grads = [mask_gradient(g, e[0] if e else None) for g, e in zip(grads, entries)]
+    result = update(grads)
+    apply_masks(masked)
+    return result
