@@ -363,7 +363,8 @@ class _Analysis:
                     if op.type in _KERNEL_PATH_OPS:
                         pending.append(op.outputs[0])
                     elif index != 1 or tensor.ref() not in self.kernel_inputs:
-                        reason = f"kernel {compat.variable_path(variable)} is also read by '{op.name}'"
+                        path = compat.variable_path(variable)
+                        reason = f"kernel {path} is also read by '{op.name}'"
                         self._pin(_variable_slot(variable, -2), reason)
                         self._pin(_variable_slot(variable, -1), reason)
 
