@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything tf_asp needs on a fresh Debian/Ubuntu machine with
 # Python 3.10+: graphviz (for op-graph plots), TensorFlow 2.21 (CPU), the
-# test tools, tf_keras (only to test that Keras 2 optimizers are refused),
+# test tools, tf_keras (Keras 2: tf_asp.keras2 and its tests),
 # and tf_asp itself in editable mode, which compiles the search kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."

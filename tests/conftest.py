@@ -21,3 +21,13 @@ def fresh_keras():
     keras.utils.set_random_seed(1234)
     keras.backend.clear_session()
     yield
+
+
+@pytest.fixture
+def fresh_tf_keras():
+    """`fresh_keras` for tf_keras (Keras 2) modules, which opt in with
+    `pytestmark = pytest.mark.usefixtures("fresh_tf_keras")`."""
+    tf_keras = pytest.importorskip("tf_keras")
+    tf_keras.utils.set_random_seed(1234)
+    tf_keras.backend.clear_session()
+    yield

@@ -98,3 +98,53 @@ def variable_path(variable):
     name = variable.name
     return name[: -len(":0")] if name.endswith(":0") else name
 
+
+# tf_keras (Keras 2) ----------------------------------------------------------
+# Called only with tf_keras objects, so tf_keras is imported inside them.
+
+
+def build_tf_keras_optimizer(optimizer, var_list):
+    """Creates a tf_keras optimizer's state for `var_list` without a step.
+
+    The newer `tf_keras.optimizers.*` have a public `build`; the legacy ones
+    (`tf_keras.optimizers.legacy.*`) create their slots in the private
+    `_create_all_weights`, which is what tf_keras itself calls before loading
+    optimizer weights from an `.h5` file.
+    """
+    import tf_keras
+
+    if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
+        optimizer._create_all_weights(var_list)
+    else:
+        optimizer.build(var_list)
+
+
+def set_untracked(trackable, name, value):
+    """`setattr(trackable, name, value)`, unseen by TensorFlow's tracking.
+
+    A tf_keras optimizer is a TensorFlow `AutoTrackable`: a dict of variables
+    set as its attribute would be saved in checkpoints a second time, under
+    keys that change from run to run. TensorFlow exports the switch that
+    tf_keras' optimizers use for this only under `tf.__internal__`.
+    """
+    import tensorflow as tf
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def assign(self):
+        setattr(self, name, value)
+
+    assign(trackable)
+
+
+def is_built(optimizer):
+    """Whether a newer tf_keras optimizer (or a subclass) has built its state.
+
+    `build` is public, but its flag `_built` is the subclassing convention
+    tf_keras' own optimizers follow, with no public accessor.
+    """
+    return bool(getattr(optimizer, "_built", False))
+
+
+def mark_built(optimizer):
+    """Sets the flag `is_built` reads (see there)."""
+    optimizer._built = True

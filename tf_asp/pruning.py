@@ -34,6 +34,52 @@ from tf_asp.log import logger
 from tf_asp.search import check_device
 from tf_asp.search import check_time_limit
 
+# The Keras each top-level package name stands for, for messages.
+KERAS_NAMES = {"keras": "Keras 3", "tf_keras": "Keras 2 (tf_keras)"}
+
+
+def keras_of(obj):
+    """`"keras"` (Keras 3), `"tf_keras"` (Keras 2) or None: whose class `obj` is.
+
+    Decided by the modules of its classes, so neither Keras is imported:
+
+    >>> keras_of("sgd") is None
+    True
+    """
+    for cls in type(obj).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in KERAS_NAMES:
+            return root
+    return None
+
+
+def check_same_keras(optimizer, model, wrapper_name="AspOptimizerWrapperV2"):
+    """Raises a TypeError naming both when they come from different Kerases."""
+    optimizer_keras, model_keras = keras_of(optimizer), keras_of(model)
+    if optimizer_keras and model_keras and optimizer_keras != model_keras:
+
+        def named(obj, keras):
+            cls = type(obj)
+            return f"{KERAS_NAMES[keras]} {cls.__name__} (`{cls.__module__}`)"
+
+        raise TypeError(
+            f"{wrapper_name} got a {named(optimizer, optimizer_keras)} optimizer for a "
+            f"{named(model, model_keras)} model. Build both with the same Keras: "
+            "`keras.optimizers.*` for a `keras` model (Keras 3), or "
+            "`tf_keras.optimizers.*` / `tf_keras.optimizers.legacy.*` for a `tf_keras` "
+            "model (also `tf.keras.*` under TF_USE_LEGACY_KERAS=1). Nothing was changed."
+        )
+
+
+def check_built(model):
+    """Raises a ValueError saying how to build `model` when it is not built."""
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built, so its kernels do not exist "
+            "yet. Build it first: give it an Input, call model.build("
+            "input_shape), or call it once on a batch."
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class PruningOptions:
