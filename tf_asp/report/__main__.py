@@ -1,7 +1,8 @@
 """`python -m tf_asp.report PATH`: print the sparsity report of a SavedModel.
 
-Exits with status 1 and one sentence on stderr when PATH is missing or is not
-a SavedModel directory (or `.keras` file).
+PATH may also be an `.h5` file (weights or a whole model) or a `.keras` file.
+Exits with status 1 and one sentence on stderr when PATH is missing or is none
+of these.
 """
 
 import argparse
@@ -14,10 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m tf_asp.report",
-        description="Print which kernels of a SavedModel (or .keras file) are "
+        description="Print which kernels of a SavedModel (or .h5 or .keras file) are "
         "2:4 sparse and which shapes suit sparse Tensor Cores.",
     )
-    parser.add_argument("path", help="a SavedModel directory or a .keras file")
+    parser.add_argument("path", help="a SavedModel directory, or an .h5 or .keras file")
     args = parser.parse_args(argv)
 
     from tf_asp.report import sparsity_report
