@@ -261,6 +261,25 @@ def test_checkpoint_restore_continues_with_the_same_masks(kind, tmp_path):
     assert tf_asp.check_pruned_layers(fresh_model, check_structured=True) == (2, 2)
 
 
+def test_tf_format_weights_keep_the_optimizer_and_its_masks(tmp_path):
+    model = mlp()
+    optimizer = wrap(model)
+    model.compile(optimizer=optimizer, loss="mse")
+    x, y = regression_data(model)
+    model.fit(x, y, batch_size=16, verbose=0)
+    saved = mask_values(optimizer)
+    model.save_weights(str(tmp_path / "weights"))  # no .h5: a TensorFlow checkpoint
+
+    tf_keras.utils.set_random_seed(99)
+    fresh_model = mlp()
+    fresh = wrap(fresh_model)
+    fresh_model.compile(optimizer=fresh, loss="mse")
+    fresh_model.load_weights(str(tmp_path / "weights"))
+    fresh.build(fresh_model.trainable_variables)
+    assert int(fresh.iterations) == 4
+    assert_same_masks(saved, fresh)
+
+
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("file_name", ["pruned.h5", "pruned.keras"])
