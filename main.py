@@ -9,9 +9,12 @@ generated data, checks the 2:4 structure, and exports a SavedModel that
 
     python main.py --steps 20 --batch_size 32 --output_dir ./exported_model
     python main.py --keras_file pruned.keras   # also save the .keras file
+    python main.py --keras2   # the same with tf_keras and a legacy optimizer
 """
 
 import argparse
+import contextlib
+import io
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,19 +28,35 @@ INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 
 
-def build_model():
+def keras_api(keras2=False):
+    """The Keras the demo builds with: `keras` (Keras 3) or `tf_keras`."""
+    if keras2:
+        import tf_keras
+
+        return tf_keras
+    return keras
+
+
+def build_model(api=keras):
     """A small convnet with Conv2D, BatchNormalization, pooling and Dense."""
-    inputs = keras.Input(INPUT_SHAPE, name="image")
+    inputs = api.Input(INPUT_SHAPE, name="image")
     x = inputs
     for filters in (32, 64, 64):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
-    return keras.Model(inputs, outputs, name="toy_convnet")
+        x = api.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = api.layers.BatchNormalization()(x)
+        x = api.layers.ReLU()(x)
+        x = api.layers.MaxPooling2D()(x)
+    x = api.layers.GlobalAveragePooling2D()(x)
+    x = api.layers.Dense(128, activation="relu")(x)
+    outputs = api.layers.Dense(NUM_CLASSES, name="logits")(x)
+    return api.Model(inputs, outputs, name="toy_convnet")
+
+
+def sgd(api=keras):
+    """SGD with momentum; for tf_keras the legacy one of the original TF-ASP usage."""
+    if api is keras:
+        return keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    return api.optimizers.legacy.SGD(learning_rate=0.05, momentum=0.9)
 
 
 def generated_data(num_samples, seed):
@@ -57,12 +76,17 @@ def run(
     permute=True,
     plot_to_file=None,
     keras_file=None,
+    keras2=False,
 ):
-    """Prunes, fine-tunes and exports the demo model; returns it."""
-    keras.utils.set_random_seed(seed)
-    model = build_model()
+    """Prunes, fine-tunes and exports the demo model; returns it.
+
+    `keras2=True` builds it with tf_keras instead of Keras 3.
+    """
+    api = keras_api(keras2)
+    api.utils.set_random_seed(seed)
+    model = build_model(api)
     optimizer = tf_asp.AspOptimizerWrapperV2(
-        keras.optimizers.SGD(learning_rate=0.05, momentum=0.9),
+        sgd(api),
         model,
         padding=True,
         permute=permute,
@@ -72,7 +96,7 @@ def run(
         print(optimizer.permutation_summary)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=api.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     images, labels = generated_data(steps * batch_size, seed)
@@ -81,7 +105,11 @@ def run(
     pruned, total = tf_asp.check_pruned_layers(model, show_all=True, check_structured=True)
     print(f"2:4 sparse layers: {pruned} of {total} GEMM layers")
     if output_dir:
-        model.export(output_dir, verbose=False)
+        if keras2:
+            with contextlib.redirect_stdout(io.StringIO()):  # tf_keras prints the signature
+                model.export(output_dir)
+        else:
+            model.export(output_dir, verbose=False)
         print(f"Exported the pruned model to {output_dir}")
     if keras_file:
         model.save(keras_file)
@@ -103,6 +131,9 @@ def main(argv=None):
         "--plot_to_file", default=None, help="draw the op graph (.png/.pdf/.svg/.dot)"
     )
     parser.add_argument("--verbosity", default="WARNING", help="tf_asp log level, e.g. INFO")
+    parser.add_argument(
+        "--keras2", action="store_true", help="use tf_keras (Keras 2) and a legacy optimizer"
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch_size must be positive")
@@ -115,6 +146,7 @@ def main(argv=None):
         permute=not args.no_permute,
         plot_to_file=args.plot_to_file,
         keras_file=args.keras_file,
+        keras2=args.keras2,
     )
 
 

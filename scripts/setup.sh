@@ -2,8 +2,8 @@
 # Sets up everything tf_asp needs on a fresh Debian/Ubuntu machine with
 # Python 3.10+: graphviz (for op-graph plots), TensorFlow 2.21 (CPU), the
 # test tools, tf2onnx/onnx/onnxruntime (ONNX export and serving), tf_keras
-# (only to test that Keras 2 optimizers are refused), and tf_asp itself in
-# editable mode, which compiles the search kernels.
+# (Keras 2: tf_asp.keras2 and its tests), and tf_asp itself in editable mode,
+# which compiles the search kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -41,3 +41,14 @@ def demo_onnx(demo):
     _, path = demo
     export_onnx(path, path + ".onnx")
     return path + ".onnx"
+
+
+@pytest.fixture
+def fresh_tf_keras():
+    """`fresh_keras` for tf_keras (Keras 2) modules, which opt in with
+    `pytestmark = pytest.mark.usefixtures("fresh_tf_keras")`."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(1234)
+    tf_keras.backend.clear_session()
+    yield

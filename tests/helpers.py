@@ -17,19 +17,37 @@ from tf_asp.graph.groups import find_groups
 from tf_asp.graph.trace import trace_model
 from tf_asp.graph.verify import relative_error
 
-layers = keras.layers
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def small_mlp(hidden=64, inputs=32, outputs=16):
-    """Dense(inputs->hidden) -> ReLU -> Dense(hidden->outputs), built."""
-    return keras.Sequential(
+def small_mlp(hidden=64, inputs=32, outputs=16, api=keras):
+    """Dense(inputs->hidden) -> ReLU -> Dense(hidden->outputs), built.
+
+    `api` is the Keras to build it with: `keras` or `tf_keras`.
+    """
+    return api.Sequential(
         [
-            keras.Input((inputs,)),
-            layers.Dense(hidden, activation="relu", name="hidden"),
-            layers.Dense(outputs, name="out"),
+            api.Input((inputs,)),
+            api.layers.Dense(hidden, activation="relu", name="hidden"),
+            api.layers.Dense(outputs, name="out"),
         ]
     )
+
+
+def small_convnet(api=keras):
+    """conv1 -> bn -> ReLU -> conv2 -> pooling -> dense -> head, on 8x8x16.
+
+    Every kernel is prunable, and all but conv1's inputs (the model's) can
+    be permuted: conv1 and bn for conv2, conv2 for dense, dense for head.
+    """
+    x = api.Input((8, 8, 16))
+    y = api.layers.Conv2D(32, 3, padding="same", name="conv1")(x)
+    y = api.layers.BatchNormalization(name="bn")(y)
+    y = api.layers.ReLU(name="relu")(y)
+    y = api.layers.Conv2D(32, 3, padding="same", name="conv2")(y)
+    y = api.layers.GlobalAveragePooling2D(name="pool")(y)
+    y = api.layers.Dense(32, activation="relu", name="dense")(y)
+    return api.Model(x, api.layers.Dense(16, name="head")(y), name="convnet")
 
 
 def regression_data(model, samples=64, seed=0):
@@ -49,20 +67,22 @@ def prunable_layer_names(model, padding=False):
 
 
 def randomize_normalization(model, seed=0):
-    """Random normalization statistics and biases, so a missed one shows."""
+    """Random normalization statistics and biases, so a missed one shows
+    (Keras 3 and tf_keras models alike)."""
     rng = np.random.default_rng(seed)
-    normalization = (layers.BatchNormalization, layers.LayerNormalization)
     for layer in compat.flatten_layers(model):
-        if isinstance(layer, normalization):
+        classes = {cls.__name__ for cls in type(layer).__mro__}
+        normalization = bool(classes & {"BatchNormalization", "LayerNormalization"})
+        if normalization:
             for variable in layer.weights:
-                n = variable.shape
-                if "variance" in variable.path or "gamma" in variable.path:
+                n, path = variable.shape, compat.variable_path(variable)
+                if "variance" in path or "gamma" in path:
                     variable.assign(rng.uniform(0.5, 1.5, n))
                 else:
                     variable.assign(rng.normal(0.0, 0.3, n))
         for name in ("bias", "gamma"):
             variable = getattr(layer, name, None)
-            if isinstance(variable, keras.Variable) and not isinstance(layer, normalization):
+            if hasattr(variable, "assign") and not normalization:
                 variable.assign(rng.normal(0.0, 0.3, variable.shape))
 
 

@@ -26,14 +26,31 @@ def test_a_non_keras_model_is_refused():
         tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(0.1), tf.Module(), permute=False)
 
 
-def test_a_keras_2_optimizer_is_refused_and_named_as_such():
+def test_a_tf_keras_optimizer_for_a_keras_3_model_is_refused_naming_both():
     tf_keras = pytest.importorskip("tf_keras")
-    with pytest.raises(TypeError, match="Keras 2.*separate feature"):
-        tf_asp.AspOptimizerWrapperV2(tf_keras.optimizers.SGD(0.1), small_mlp(), permute=False)
+    model = small_mlp()
+    before = weights_of(model)
+    message = r"Keras 2 \(tf_keras\) SGD.*Keras 3 Sequential.*same Keras"
+    with pytest.raises(TypeError, match=message):
+        tf_asp.AspOptimizerWrapperV2(tf_keras.optimizers.legacy.SGD(0.1), model)
+    for old, new in zip(before, weights_of(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_a_keras_3_optimizer_for_a_tf_keras_model_is_refused_naming_both():
+    tf_keras = pytest.importorskip("tf_keras")
+    model = tf_keras.Sequential(
+        [tf_keras.Input((32,)), tf_keras.layers.Dense(64), tf_keras.layers.Dense(16)]
+    )
+    before = weights_of(model)
+    with pytest.raises(TypeError, match=r"Keras 3 SGD.*Keras 2 \(tf_keras\) Sequential.*tf_keras"):
+        tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(0.1), model)
+    for old, new in zip(before, weights_of(model)):
+        np.testing.assert_array_equal(old, new)
 
 
 def test_something_that_is_no_optimizer_is_refused():
-    with pytest.raises(TypeError, match="keras.optimizers.Optimizer"):
+    with pytest.raises(TypeError, match="wraps a keras.optimizers.Optimizer.*got str"):
         tf_asp.AspOptimizerWrapperV2("sgd", small_mlp(), permute=False)
 
 

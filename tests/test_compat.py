@@ -57,9 +57,71 @@ def test_wrapped_flag_round_trip():
     assert compat.is_wrapped(optimizer)
 
 
-def test_a_traced_function_captures_the_variable_handle():
-    model = nested_model()
-    spec = tf.TensorSpec((2, 10, 64))
+def captured_handle_ids(model, shape):
+    spec = tf.TensorSpec(shape)
     function = tf.function(lambda x: model(x)).get_concrete_function(spec)
-    captured = {id(t) for t in function.captured_inputs}
-    assert all(id(compat.variable_handle(v)) in captured for v in model.variables)
+    return {id(t) for t in function.captured_inputs}
+
+
+def test_a_traced_function_captures_a_variable_handle_of_every_variable():
+    model = nested_model()
+    captured = captured_handle_ids(model, (2, 10, 64))
+    assert all(any(id(h) in captured for h in compat.variable_handles(v)) for v in model.variables)
+
+
+def test_a_traced_tf_keras_function_captures_a_variable_handle_of_every_variable():
+    tf_keras = pytest.importorskip("tf_keras")
+    inputs = tf_keras.Input((8, 8, 16))
+    x = tf_keras.layers.Conv2D(32, 3)(inputs)
+    x = tf_keras.layers.BatchNormalization()(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(8)(x))
+    captured = captured_handle_ids(model, (2, 8, 8, 16))
+    assert len(model.variables) == 8
+    assert all(any(id(h) in captured for h in compat.variable_handles(v)) for v in model.variables)
+
+
+def test_variable_paths_whichever_keras():
+    layer = keras.layers.Dense(4, name="head")
+    layer.build((None, 3))
+    assert compat.variable_path(layer.kernel) == "head/kernel"
+    tf_keras = pytest.importorskip("tf_keras")
+    model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(4, name="head")])
+    assert model.layers[0].kernel.name == "head/kernel:0"
+    assert compat.variable_path(model.layers[0].kernel) == "head/kernel"
+
+
+# tf_keras (Keras 2) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["legacy", "newer"])
+def test_a_tf_keras_optimizer_builds_its_state_without_a_step(kind):
+    tf_keras = pytest.importorskip("tf_keras")
+    optimizers = tf_keras.optimizers
+    optimizer = optimizers.legacy.Adam() if kind == "legacy" else optimizers.Adam()
+    model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(8)])
+    compat.build_tf_keras_optimizer(optimizer, model.trainable_variables)
+    shapes = sorted(tuple(v.shape) for v in optimizer.variables() if v.shape.rank)
+    assert shapes == [(4, 8), (4, 8), (8,), (8,)]  # two moments per variable
+    assert int(optimizer.iterations) == 0
+
+
+def test_set_untracked_keeps_variables_out_of_checkpoints(tmp_path):
+    holder = tf.Module()
+    holder.tracked = {"v": tf.Variable(1.0)}
+    compat.set_untracked(holder, "kept", {"v": tf.Variable(2.0)})
+    assert type(holder.kept) is dict
+    path = tf.train.Checkpoint(holder=holder).save(str(tmp_path / "ckpt"))
+    names = [name for name, _ in tf.train.list_variables(path)]
+    assert any("tracked" in name for name in names)
+    assert not any("kept" in name for name in names)
+
+
+def test_the_tf_keras_built_flag_round_trip():
+    tf_keras = pytest.importorskip("tf_keras")
+    optimizer = tf_keras.optimizers.SGD()
+    assert not compat.is_built(optimizer)
+    optimizer.build([tf.Variable(1.0)])
+    assert compat.is_built(optimizer)
+    other = tf_keras.optimizers.SGD()
+    compat.mark_built(other)
+    assert compat.is_built(other)

@@ -307,7 +307,7 @@ def test_report_command_line_reads_an_onnx_file(demo_onnx):
     [
         ("missing.onnx", None, "No ONNX model at"),
         ("notes.onnx", "not a model", "is not an ONNX model"),
-        ("notes.txt", "not a model", "nor a .keras or .onnx file"),
+        ("notes.txt", "not a model", "nor an .h5, .keras or .onnx file"),
     ],
     ids=["missing", "text named .onnx", "text file"],
 )

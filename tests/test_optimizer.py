@@ -119,6 +119,16 @@ def test_model_fit_keeps_kernels_2to4(jit_compile):
     assert tf_asp.check_pruned_layers(model, check_structured=True) == (2, 2)
 
 
+def test_model_fit_with_a_moving_average_ends_2to4():
+    # fit() ends by overwriting the weights with their moving average.
+    model = small_mlp()
+    optimizer = wrap(model, keras.optimizers.Adam(0.01, use_ema=True))
+    model.compile(optimizer=optimizer, loss="mse")
+    x, y = regression_data(model)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert tf_asp.check_pruned_layers(model, check_structured=True) == (2, 2)
+
+
 def test_model_fit_with_a_learning_rate_schedule():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 2, 0.5)
     model = small_mlp()

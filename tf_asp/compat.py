@@ -72,10 +72,79 @@ def is_wrapped(optimizer):
     return bool(getattr(optimizer, _WRAPPED_FLAG, False))
 
 
-def variable_handle(variable):
-    """The resource handle a traced function captures for a Keras variable.
+def variable_handles(variable):
+    """Every resource handle a traced function may capture for `variable`.
 
-    A Keras 3 variable wraps a `tf.Variable` (`variable.value`); a traced
-    function captures that variable's `handle`.
+    A Keras 3 variable wraps a `tf.Variable` (`variable.value`) and a traced
+    function captures that one's `handle`; a tf_keras variable (and its mixed
+    precision `AutoCastVariable`) is a `tf.Variable` itself, captured as
+    `variable.handle`.
     """
-    return variable.value.handle
+    import tensorflow as tf
+
+    tf_variable = variable if isinstance(variable, tf.Variable) else variable.value
+    return [tf_variable.handle]
+
+
+def variable_path(variable):
+    """A variable's readable path, e.g. `"dense/kernel"`, whichever Keras.
+
+    Keras 3 variables have `path`; a tf_keras variable is a `tf.Variable`,
+    whose `name` ends in the output index `":0"`.
+    """
+    path = getattr(variable, "path", None)
+    if path is not None:
+        return path
+    name = variable.name
+    return name[: -len(":0")] if name.endswith(":0") else name
+
+
+# tf_keras (Keras 2) ----------------------------------------------------------
+# Called only with tf_keras objects, so tf_keras is imported inside them.
+
+
+def build_tf_keras_optimizer(optimizer, var_list):
+    """Creates a tf_keras optimizer's state for `var_list` without a step.
+
+    The newer `tf_keras.optimizers.*` have a public `build`; the legacy ones
+    (`tf_keras.optimizers.legacy.*`) create their slots in the private
+    `_create_all_weights`, which is what tf_keras itself calls before loading
+    optimizer weights from an `.h5` file.
+    """
+    import tf_keras
+
+    if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
+        optimizer._create_all_weights(var_list)
+    else:
+        optimizer.build(var_list)
+
+
+def set_untracked(trackable, name, value):
+    """`setattr(trackable, name, value)`, unseen by TensorFlow's tracking.
+
+    A tf_keras optimizer is a TensorFlow `AutoTrackable`: a dict of variables
+    set as its attribute would be saved in checkpoints a second time, under
+    keys that change from run to run. TensorFlow exports the switch that
+    tf_keras' optimizers use for this only under `tf.__internal__`.
+    """
+    import tensorflow as tf
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def assign(self):
+        setattr(self, name, value)
+
+    assign(trackable)
+
+
+def is_built(optimizer):
+    """Whether a newer tf_keras optimizer (or a subclass) has built its state.
+
+    `build` is public, but its flag `_built` is the subclassing convention
+    tf_keras' own optimizers follow, with no public accessor.
+    """
+    return bool(getattr(optimizer, "_built", False))
+
+
+def mark_built(optimizer):
+    """Sets the flag `is_built` reads (see there)."""
+    optimizer._built = True

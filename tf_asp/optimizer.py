@@ -1,4 +1,8 @@
-"""`AspOptimizerWrapperV2`: a Keras optimizer that keeps a model 2:4 sparse."""
+"""`AspOptimizerWrapperV2`: a Keras optimizer that keeps a model 2:4 sparse.
+
+This is the Keras 3 wrapper; given a tf_keras (Keras 2) optimizer or model,
+`AspOptimizerWrapperV2(...)` builds its tf_keras twin (`tf_asp.keras2`) instead.
+"""
 
 import warnings
 
@@ -6,6 +10,11 @@ import keras
 
 from tf_asp import compat
 from tf_asp import pruning
+
+V1_DEPRECATED = (
+    "tf_asp.AspOptimizerWrapper is deprecated and does not permute "
+    "channels; use tf_asp.AspOptimizerWrapperV2 instead."
+)
 
 
 @keras.saving.register_keras_serializable(package="tf_asp")
@@ -59,7 +68,20 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     model.fit(dataset, epochs=10)  # fine-tune: kernels stay 2:4
     ```
+
+    Given a tf_keras (Keras 2) optimizer and model, it returns a
+    `tf_asp.keras2.AspOptimizerWrapperV2`, which takes the same arguments.
     """
+
+    def __new__(cls, optimizer=None, model=None, *args, **kwargs):
+        # The class is picked by the Keras of the objects given, the way
+        # tf_keras' LossScaleOptimizer picks its V2 or V3 implementation.
+        pruning.check_same_keras(optimizer, model)
+        if "tf_keras" in (pruning.keras_of(optimizer), pruning.keras_of(model)):
+            from tf_asp import keras2
+
+            return getattr(keras2, cls.__name__)(optimizer, model, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -124,23 +146,23 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             self._input_axes = pruning.restored_input_axes(
                 var_list, self.masked_variables, type(self).__name__
             )
-        self._masks = {}
-        self._mask_axes = {}
-        for variable in var_list:
-            if id(variable) in self._input_axes:
-                pruning.check_finite({variable.path: variable})
-                mask = self.add_variable_from_reference(
-                    variable, name="asp_mask", initializer="ones"
-                )
-                key = compat.optimizer_variable_key(self, variable)
-                self._masks[key] = mask
-                self._mask_axes[key] = self._input_axes[id(variable)]
+        self._masks = pruning.build_masks(
+            var_list,
+            self._input_axes,
+            self._key,
+            lambda kernel: self.add_variable_from_reference(
+                kernel, name="asp_mask", initializer="ones"
+            ),
+        )
         super().build(var_list)
+
+    def _key(self, variable):
+        return compat.optimizer_variable_key(self, variable)
 
     @property
     def masks(self):
         """The 2:4 mask variables, one per pruned kernel (after `build`)."""
-        return list(self._masks.values()) if self.built else []
+        return [mask for mask, _ in self._masks.values()] if self.built else []
 
     @property
     def variables(self):
@@ -154,18 +176,14 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         if trainable_variables is None:
             trainable_variables = compat.optimizer_trainable_variables(self)
         trainable_variables = list(trainable_variables)
-        keys = [compat.optimizer_variable_key(self, v) for v in trainable_variables]
-        masked = [
-            (variable, self._masks[key], self._mask_axes[key])
-            for variable, key in zip(trainable_variables, keys)
-            if key in self._masks
-        ]
-        pruning.compute_masks_once(self.iterations, masked)
-        masked_grads = [
-            pruning.mask_gradient(grad, self._masks.get(key)) for grad, key in zip(grads, keys)
-        ]
-        self.inner_optimizer.apply(masked_grads, trainable_variables)
-        pruning.apply_masks(masked)
+        pruning.masked_update(
+            self.iterations,
+            self._masks,
+            self._key,
+            grads,
+            trainable_variables,
+            lambda masked_grads: self.inner_optimizer.apply(masked_grads, trainable_variables),
+        )
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError("AspOptimizerWrapperV2 supports the TensorFlow backend only.")
@@ -183,7 +201,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         return self.inner_optimizer.iterations
 
     def finalize_variable_values(self, var_list):
+        # An exponential moving average (use_ema=True) overwrites the kernels.
         self.inner_optimizer.finalize_variable_values(var_list)
+        if self.built:
+            pruning.apply_masks(pruning.masked_kernels(self._masks, self._key, var_list))
 
     def get_config(self):
         return {
@@ -209,13 +230,12 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
 class AspOptimizerWrapper(AspOptimizerWrapperV2):
     """Deprecated: use `AspOptimizerWrapperV2`. Prunes without permuting."""
 
+    def __new__(cls, *args, **kwargs):
+        # Warns here, where both Kerases pass (tf_keras: `keras2.AspOptimizerWrapper`).
+        warnings.warn(V1_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(self, optimizer, model, padding=False, name=None, **kwargs):
-        warnings.warn(
-            "tf_asp.AspOptimizerWrapper is deprecated and does not permute "
-            "channels; use tf_asp.AspOptimizerWrapperV2 instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
         kwargs["permute"] = False
         super().__init__(optimizer, model, padding=padding, name=name, **kwargs)
 
@@ -226,17 +246,9 @@ def _check_optimizer(optimizer):
             "This optimizer is already an AspOptimizerWrapperV2; wrap the plain optimizer once."
         )
     if not isinstance(optimizer, keras.optimizers.Optimizer):
-        module = type(optimizer).__module__
-        if module.startswith("tf_keras") or ".legacy" in module:
-            raise TypeError(
-                f"{type(optimizer).__name__} from `{module}` is a Keras 2 "
-                "(tf_keras / legacy) optimizer. tf_asp wraps Keras 3 "
-                "optimizers (keras.optimizers.*); Keras 2 support is a "
-                "separate feature that is not available yet."
-            )
         raise TypeError(
-            "AspOptimizerWrapperV2 wraps a keras.optimizers.Optimizer; got "
-            f"{type(optimizer).__name__}."
+            "AspOptimizerWrapperV2 wraps a keras.optimizers.Optimizer (Keras 3) or a "
+            f"tf_keras optimizer (Keras 2); got {type(optimizer).__name__}."
         )
     if compat.is_wrapped(optimizer):
         raise ValueError(
@@ -251,9 +263,4 @@ def _check_model(model):
             "AspOptimizerWrapperV2 needs a keras.Model (Keras 3) to prune; "
             f"got {type(model).__name__}."
         )
-    if not model.built:
-        raise ValueError(
-            f"Model '{model.name}' is not built, so its kernels do not exist "
-            "yet. Build it first: give it an Input, call model.build("
-            "input_shape), or call it once on a batch."
-        )
+    pruning.check_built(model)

@@ -1,6 +1,7 @@
 """What every tf_asp optimizer wrapper does, whichever Keras it serves.
 
-A wrapper (`tf_asp.optimizer` for Keras 3) is a thin layer over two steps:
+A wrapper (`tf_asp.optimizer` for Keras 3, `tf_asp.keras2` for tf_keras) is
+a thin layer over two steps:
 
 - **prepare**, once, at construction: pick the kernels to prune (the
   registry), check their values, permute channels, log what stays dense;
@@ -12,11 +13,9 @@ plan = prepare(model, PruningOptions(padding=True))
 plan.kernels          # {"dense_1 (64, 32)": GemmKernel, ...}
 plan.summary          # the PermutationSummary (None without permutation)
 
-# inside the wrapper's apply():
-compute_masks_once(iterations, masked)          # masked: [(kernel, mask, axes)]
-grads = [mask_gradient(g, mask) for g, mask in ...]
-inner.apply(grads, variables)
-apply_masks(masked)
+# in the wrapper's build(var_list), and every step:
+masks = build_masks(var_list, plan.input_axes, key, add_mask)
+masked_update(iterations, masks, key, grads, variables, inner_update)
 ```
 """
 
@@ -26,6 +25,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tf_asp import compat
 from tf_asp import masks
 from tf_asp import registry
 from tf_asp.graph import permute_model
@@ -33,6 +33,52 @@ from tf_asp.graph.plot import check_plot_path
 from tf_asp.log import logger
 from tf_asp.search import check_device
 from tf_asp.search import check_time_limit
+
+# The Keras each top-level package name stands for, for messages.
+KERAS_NAMES = {"keras": "Keras 3", "tf_keras": "Keras 2 (tf_keras)"}
+
+
+def keras_of(obj):
+    """`"keras"` (Keras 3), `"tf_keras"` (Keras 2) or None: whose class `obj` is.
+
+    Decided by the modules of its classes, so neither Keras is imported:
+
+    >>> keras_of("sgd") is None
+    True
+    """
+    for cls in type(obj).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in KERAS_NAMES:
+            return root
+    return None
+
+
+def check_same_keras(optimizer, model, wrapper_name="AspOptimizerWrapperV2"):
+    """Raises a TypeError naming both when they come from different Kerases."""
+    optimizer_keras, model_keras = keras_of(optimizer), keras_of(model)
+    if optimizer_keras and model_keras and optimizer_keras != model_keras:
+
+        def named(obj, keras):
+            cls = type(obj)
+            return f"{KERAS_NAMES[keras]} {cls.__name__} (`{cls.__module__}`)"
+
+        raise TypeError(
+            f"{wrapper_name} got a {named(optimizer, optimizer_keras)} optimizer for a "
+            f"{named(model, model_keras)} model. Build both with the same Keras: "
+            "`keras.optimizers.*` for a `keras` model (Keras 3), or "
+            "`tf_keras.optimizers.*` / `tf_keras.optimizers.legacy.*` for a `tf_keras` "
+            "model (also `tf.keras.*` under TF_USE_LEGACY_KERAS=1). Nothing was changed."
+        )
+
+
+def check_built(model):
+    """Raises a ValueError saying how to build `model` when it is not built."""
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built, so its kernels do not exist "
+            "yet. Build it first: give it an Input, call model.build("
+            "input_shape), or call it once on a batch."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,3 +259,51 @@ def apply_masks(masked):
     """Zeroes the pruned weights again after the wrapped optimizer's update."""
     for variable, mask, _ in masked:
         variable.assign(variable * mask)
+
+
+def build_masks(var_list, input_axes, key, add_mask):
+    """Creates the mask of every pruned kernel among `var_list`.
+
+    Args:
+        var_list: the variables the wrapper is built on.
+        input_axes: id(kernel) -> its input axes (`PruningPlan.input_axes`).
+        key: the optimizer's key for a variable (it files masks by it).
+        add_mask: creates a wrapper variable of ones shaped like a kernel.
+
+    Returns:
+        `{key(kernel): (mask variable, input axes)}`.
+    """
+    built = {}
+    for variable in var_list:
+        axes = input_axes.get(id(variable))
+        if axes is not None:
+            check_finite({compat.variable_path(variable): variable})
+            built[key(variable)] = (add_mask(variable), axes)
+    return built
+
+
+def masked_kernels(built, key, variables):
+    """The `(kernel, mask, input axes)` of each pruned kernel in `variables`."""
+    found = ((variable, built.get(key(variable))) for variable in variables)
+    return [(variable, *entry) for variable, entry in found if entry is not None]
+
+
+def masked_update(iterations, built, key, grads, variables, update):
+    """One step of a wrapper: masks, masked gradients, update, masked kernels.
+
+    Args:
+        iterations: the wrapped optimizer's step counter (masks are
+            computed when it is 0).
+        built: what `build_masks` returned.
+        key: the optimizer's key for a variable.
+        grads, variables: the step's gradients and their variables.
+        update: runs the wrapped optimizer on a list of gradients for
+            `variables`; its result is returned.
+    """
+    masked = masked_kernels(built, key, variables)
+    compute_masks_once(iterations, masked)
+    entries = [built.get(key(variable)) for variable in variables]
+    grads = [mask_gradient(g, e[0] if e else None) for g, e in zip(grads, entries)]
+    result = update(grads)
+    apply_masks(masked)
+    return result

@@ -363,7 +363,8 @@ class _Analysis:
                     if op.type in _KERNEL_PATH_OPS:
                         pending.append(op.outputs[0])
                     elif index != 1 or tensor.ref() not in self.kernel_inputs:
-                        reason = f"kernel {variable.path} is also read by '{op.name}'"
+                        path = compat.variable_path(variable)
+                        reason = f"kernel {path} is also read by '{op.name}'"
                         self._pin(_variable_slot(variable, -2), reason)
                         self._pin(_variable_slot(variable, -1), reason)
 
@@ -371,7 +372,7 @@ class _Analysis:
 
     def _kernel_record(self, variable):
         layer = self.layers.get(id(variable))
-        name = self.labels.get(id(layer), variable.path)
+        name = self.labels.get(id(layer), compat.variable_path(variable))
         if layer is None:
             return Kernel(variable, None, name, False, "not a Keras layer's kernel")
         gemm_layer = registry.describe(layer)
@@ -502,6 +503,6 @@ def _layer_labels(model):
     for layer in layers:
         label = layer.name
         if counts[layer.name] > 1 and layer.weights:
-            label = layer.weights[0].path.rsplit("/", 1)[0]
+            label = compat.variable_path(layer.weights[0]).rsplit("/", 1)[0]
         labels[id(layer)] = label
     return labels

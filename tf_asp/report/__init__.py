@@ -1,10 +1,11 @@
 """Sparsity report: which kernels are 2:4, and which sparse Tensor Cores can run.
 
-Works on a Keras model (every GEMM kernel: `tf_asp.registry`), on an exported
-SavedModel directory and on an ONNX file (every weight a MatMul, Conv2D or
-Gemm multiplies by, in the view serving has of it: `tf_asp.report.serving_graph`
-and `tf_asp.report.onnx`), so the structure that serving will see can be
-checked after export, without tf_asp's optimizer:
+Works on a Keras 3 or tf_keras model (every GEMM kernel: `tf_asp.registry`), on
+a `.keras` or `.h5` file, on an exported SavedModel directory and on an ONNX
+file (every weight a MatMul, Conv2D or Gemm multiplies by, in the view serving
+has of it: `tf_asp.report.serving_graph` and `tf_asp.report.onnx`), so the
+structure that serving will see can be checked after export, without tf_asp's
+optimizer:
 
 ```python
 report = tf_asp.sparsity_report("./exported_model")
@@ -12,7 +13,8 @@ for row in report.rows:
     print(row.name, row.is_2to4, row.shape_qualifies)
 ```
 
-or from a shell: `python -m tf_asp.report ./exported_model` (or `model.onnx`).
+or from a shell: `python -m tf_asp.report ./exported_model` (or `model.onnx`,
+`weights.h5`, `model.keras`).
 
 A kernel is *2:4* when at most 2 of every 4 consecutive input channels (axis
 -2) are non-zero (`tf_asp.masks.is_2to4`). Its shape *qualifies* for sparse
@@ -27,11 +29,13 @@ import os
 
 import numpy as np
 
+from tf_asp import compat
 from tf_asp import masks
 from tf_asp import registry
 from tf_asp.log import logger
 
 KERNEL_RANKS = (2, 4)  # Dense (C, K) and Conv2D (H, W, C, K) kernels
+H5_EXTENSIONS = (".h5", ".hdf5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +123,12 @@ def sparsity_report(model_or_path, print_table=True):
     """Reports the 2:4 structure of a Keras model's, SavedModel's or ONNX file's kernels.
 
     Args:
-        model_or_path: a built Keras model (its GEMM kernels: `tf_asp.registry`),
-            or the path of a SavedModel directory (the weights its signatures
-            multiply by, in GEMM view: `tf_asp.report.serving_graph`), of a
-            `.keras` file, or of an `.onnx` file (the initializers its Conv,
+        model_or_path: a built Keras 3 or tf_keras model (its GEMM kernels:
+            `tf_asp.registry`), or the path of a SavedModel directory (the
+            weights its signatures multiply by, in GEMM view:
+            `tf_asp.report.serving_graph`), of a `.keras` file, of an `.h5`
+            file of weights or of a whole model (its 2-D and 4-D float
+            variables), or of an `.onnx` file (the initializers its Conv,
             MatMul and Gemm nodes multiply by: `tf_asp.report.onnx`).
         print_table: print the table and its one-sentence summary.
 
@@ -133,7 +139,7 @@ def sparsity_report(model_or_path, print_table=True):
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the path is neither a SavedModel directory nor a `.keras`
+        ValueError: the path is not a SavedModel directory, `.h5`, `.keras`
             or ONNX file, or the model is not built.
         ImportError: an `.onnx` path, and the onnx package is not installed.
         TypeError: `model_or_path` is neither a Keras model nor a path.
@@ -146,9 +152,9 @@ def sparsity_report(model_or_path, print_table=True):
     assert all(row.is_2to4 for row in report.rows if row.shape_qualifies)
     ```
     """
-    import keras
+    from tf_asp.pruning import keras_of
 
-    if isinstance(model_or_path, keras.Model):
+    if keras_of(model_or_path) is not None and hasattr(model_or_path, "layers"):
         report = SparsityReport(f"model '{model_or_path.name}'", _model_rows(model_or_path))
     elif isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
@@ -156,7 +162,7 @@ def sparsity_report(model_or_path, print_table=True):
     else:
         raise TypeError(
             "sparsity_report takes a Keras model or the path of a SavedModel "
-            f"directory or .keras file, not {type(model_or_path).__name__}."
+            f"directory, .h5 or .keras file, not {type(model_or_path).__name__}."
         )
     if print_table:
         print(report)
@@ -175,12 +181,14 @@ def _model_rows(model):
             )
         for kernel in gemm.kernels:
             reason = gemm.reason or kernel.unprunable_reason()
+            variable = kernel.variable
             rows.append(
-                _row(kernel.variable.path, kernel.variable.numpy(), reason, kernel.input_axes)
+                _row(compat.variable_path(variable), variable.numpy(), reason, kernel.input_axes)
             )
         if not gemm.kernels:
             variable = gemm.layer.kernel
-            rows.append(_row(variable.path, variable.numpy(), gemm.reason, input_axes=None))
+            name = compat.variable_path(variable)
+            rows.append(_row(name, variable.numpy(), gemm.reason, input_axes=None))
     return tuple(rows)
 
 
@@ -209,10 +217,12 @@ def _path_rows(path):
                 "`model.save(path)`."
             ) from error
         return _model_rows(model)
+    if os.path.isfile(path) and path.endswith(H5_EXTENSIONS):
+        return _h5_rows(path)
     if not (os.path.isdir(path) and tf.saved_model.contains_saved_model(path)):
         raise ValueError(
             f"'{path}' is not a SavedModel directory (it has no "
-            "saved_model.pb) nor a .keras or .onnx file; pass the directory that "
+            "saved_model.pb) nor an .h5, .keras or .onnx file; pass the directory that "
             "`model.export(path)` or `tf.saved_model.save` wrote."
         )
     try:
@@ -243,6 +253,49 @@ def _path_rows(path):
         for variable in _saved_variables(loaded)
         if variable.dtype.is_floating and variable.shape.rank in KERNEL_RANKS
     )
+
+
+def _h5_rows(path):
+    """One row per 2-D or 4-D float weight of an `.h5` file, optimizer excluded.
+
+    Reads the file with h5py, whichever Keras wrote it. In tf_keras' layout
+    (`model.save("x.h5")`, `model.save_weights("x.h5")`) the attributes
+    `layer_names` and `weight_names` list the weights in model order, named
+    as the variables are (`dense/kernel:0`, reported as `dense/kernel`);
+    otherwise every dataset is read, named by its path in the file.
+    """
+    import h5py
+
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:  # not an HDF5 file
+        raise ValueError(
+            f"'{path}' is not an HDF5 file ({error}); pass a file that "
+            "`model.save_weights` or `model.save` wrote."
+        ) from error
+    with file:
+        weights = file["model_weights"] if "model_weights" in file else file
+        if "layer_names" in weights.attrs:
+            datasets = [
+                (_text(name), weights[_text(layer)][_text(name)])
+                for layer in weights.attrs["layer_names"]
+                for name in weights[_text(layer)].attrs["weight_names"]
+            ]
+        else:
+            datasets = []
+            weights.visititems(lambda name, item: datasets.append((name, item)))
+        return tuple(
+            _row(name.removesuffix(":0"), item[()], _shape_reason(item.shape))
+            for name, item in datasets
+            if isinstance(item, h5py.Dataset)
+            and item.dtype.kind == "f"
+            and item.ndim in KERNEL_RANKS
+        )
+
+
+def _text(name):
+    """An h5py attribute's string (stored as bytes by tf_keras)."""
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _saved_variables(loaded):
