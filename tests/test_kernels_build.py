@@ -5,6 +5,7 @@ the same ABI."""
 import importlib.util
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -46,3 +47,48 @@ def test_a_failing_compiler_is_reported_not_raised(tmp_path):
 def test_a_missing_compiler_is_reported_not_raised(tmp_path):
     error = build_module().build_cpu(str(tmp_path), compiler=str(tmp_path / "no-such-cc"))
     assert "cannot run" in error
+
+
+CUDA_NETWORK_CHECK = r"""
+#include "structured_sparsity.cu"
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+// top_n_sum<M> (the CUDA kernels' selection) against sorting, on the host.
+template <int M> int check() {
+  for (int n = 1; n < M; ++n)
+    for (int trial = 0; trial < 20000; ++trial) {
+      int values[M], sorted[M];
+      for (int w = 0; w < M; ++w) values[w] = sorted[w] = rand() % (trial % 2 ? 1000 : 3);
+      std::sort(sorted, sorted + M);
+      int expected = 0;
+      for (int w = M - n; w < M; ++w) expected += sorted[w];
+      if (top_n_sum<M>(values, n) != expected) {
+        printf("top_n_sum<%d> with n = %d is wrong\n", M, n);
+        return 1;
+      }
+    }
+  return 0;
+}
+
+int main() { return check<2>() + check<4>() + check<8>() + check<16>(); }
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
+def test_cuda_selection_network_sums_the_n_largest(tmp_path):
+    """The CUDA kernels' top-n network, compiled for the host with nvcc and run
+    without a GPU, against sorting for every n:m with m in {2, 4, 8, 16}."""
+    source = tmp_path / "network_check.cu"
+    source.write_text(CUDA_NETWORK_CHECK)
+    kernels = os.path.join(REPO, "kernels")
+    binary = str(tmp_path / "network_check")
+    compiled = subprocess.run(
+        ["nvcc", "-std=c++17", "-I", kernels, str(source), "-o", binary],
+        capture_output=True,
+        text=True,
+    )
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    result = subprocess.run([binary], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

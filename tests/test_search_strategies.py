@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tf_asp import search
+from tf_asp.patterns import parse_pattern
 from tf_asp.search import metrics
 from tf_asp.search import strategies
 
@@ -59,19 +60,21 @@ def assert_valid_permutation(permutation, cols):
     np.testing.assert_array_equal(np.sort(permutation), np.arange(cols))
 
 
-def assert_not_worse_than_identity(result, matrix):
+def assert_not_worse_than_identity(result, matrix, pattern="2:4"):
     # A relative 1e-12: when the identity itself comes back, the two sums may
     # differ in their last bits (see test_returning_the_identity_reports_...).
-    identity = metrics.kept_magnitude(matrix)
+    identity = metrics.kept_magnitude(matrix, None, pattern)
     assert result.magnitude >= identity * (1 - 1e-12)
 
 
-def assert_consistent(result, matrix):
+def assert_consistent(result, matrix, pattern="2:4"):
     """Every number of a SearchResult is what the metrics say of its order."""
     assert_valid_permutation(result.permutation, matrix.shape[1])
-    assert result.magnitude == metrics.kept_magnitude(matrix, result.permutation)
-    assert result.identity_magnitude == metrics.kept_magnitude(matrix)
-    assert result.bound == metrics.rows_half_magnitude(matrix)
+    assert result.pattern == parse_pattern(pattern)
+    assert result.magnitude == metrics.kept_magnitude(matrix, result.permutation, pattern)
+    identity = np.arange(matrix.shape[1])  # summed as the result's order is
+    assert result.identity_magnitude == metrics.kept_magnitude(matrix, identity, pattern)
+    assert result.bound == metrics.row_bound_magnitude(matrix, pattern)
     assert result.efficacy == metrics.efficacy(
         result.magnitude, result.identity_magnitude, result.bound
     )
@@ -472,3 +475,178 @@ def test_default_strategy_spends_fewer_escapes_on_wider_matrices():
     named = search.optimize_stripe_groups(matrix, 8, 50, device="CPU")
     assert default.strategy == "optimize_stripe_groups,8,50"
     np.testing.assert_array_equal(default.permutation, named.permutation)
+
+
+# --- every N:M pattern -------------------------------------------------------------
+
+PATTERN_STRATEGIES = {
+    "1:2": ["optimize_stripe_groups,8,3", "channel_swap,3", "random,50"],
+    "1:4": ["optimize_stripe_groups,8,3", "optimize_stripe_groups,12,0", "channel_swap,3"],
+    "3:4": ["optimize_stripe_groups,8,3", "channel_swap,0"],
+    "2:8": ["optimize_stripe_groups,16,0", "channel_swap,3", "random,50"],
+    "4:8": ["optimize_stripe_groups,16,1", "channel_swap,3"],
+    "8:16": ["channel_swap,3", "channel_swap,0", "random,50"],
+    "1:16": ["channel_swap,3"],
+}
+PATTERN_STRATEGY_CASES = [(p, s) for p, names in PATTERN_STRATEGIES.items() for s in names]
+
+
+@pytest.mark.parametrize("pattern, strategy", PATTERN_STRATEGY_CASES)
+def test_strategy_returns_a_consistent_order_that_gains_for_every_pattern(pattern, strategy):
+    matrix = random_matrix((12, 32), seed=20)
+    result = search.find_permutation(matrix, strategy, device="CPU", pattern=pattern)
+    assert_consistent(result, matrix, pattern)
+    assert result.strategy == strategy
+    assert result.magnitude > result.identity_magnitude, "a random matrix has room to gain"
+
+
+def brute_force_best_nm(matrix, pattern):
+    """The best kept magnitude over every arrangement of the columns into
+    stripes, for 8 columns (all 8! orders) or 16 columns of 8-wide stripes
+    (every choice of the 8 columns that share column 0's stripe)."""
+    n, m = parse_pattern(pattern).n, parse_pattern(pattern).m
+    magnitudes = np.abs(matrix)
+    cols = matrix.shape[1]
+    if cols == 8:
+        orders = ALL_ORDERS_OF_8
+    else:
+        firsts = [(0, *rest) for rest in itertools.combinations(range(1, cols), m - 1)]
+        orders = np.array([list(f) + sorted(set(range(cols)) - set(f)) for f in firsts])
+    stripes = np.sort(magnitudes[:, orders].reshape(len(matrix), len(orders), -1, m), axis=-1)
+    return stripes[..., m - n :].sum(axis=(0, 2, 3)).max()
+
+
+@pytest.mark.parametrize("pattern, cols", [("1:2", 8), ("1:4", 8), ("3:4", 8), ("2:8", 16)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exhaustive_finds_the_best_arrangement_for_every_pattern(pattern, cols, seed):
+    matrix = random_matrix((6, cols), seed=seed)
+    best = brute_force_best_nm(matrix, pattern)
+    result = search.exhaustive(matrix, pattern=pattern)
+    assert best - quantization_slack(matrix) <= result.magnitude <= best * (1 + 1e-12)
+    assert_consistent(result, matrix, pattern)
+
+
+def test_exhaustive_of_one_stripe_is_the_identity():
+    """8:16 on 16 columns: one stripe, every order keeps the same."""
+    matrix = random_matrix((6, 16), seed=2)
+    result = search.exhaustive(matrix, pattern="8:16")
+    np.testing.assert_array_equal(result.permutation, np.arange(16))
+    assert result.efficacy == 0.0
+
+
+@pytest.mark.parametrize("pattern", ["1:2", "1:4", "3:4", "4:8"])
+def test_no_heuristic_beats_exhaustive_for_every_pattern(pattern):
+    matrix = random_matrix((8, 16), seed=21)
+    optimum = search.exhaustive(matrix, pattern=pattern).magnitude + quantization_slack(matrix)
+    for strategy in [*PATTERN_STRATEGIES[pattern], "random,200"]:
+        result = search.find_permutation(matrix, strategy, pattern=pattern)
+        assert result.magnitude <= optimum, strategy
+
+
+@pytest.mark.parametrize("pattern, other", [("1:4", "2:4"), ("3:4", "1:4"), ("1:2", "2:4")])
+def test_the_search_optimises_for_the_chosen_pattern(pattern, other):
+    """The optimum for one pattern, measured by another, is no better than
+    the other's own optimum, and for some matrices strictly worse."""
+    strictly = 0
+    for seed in range(6):
+        matrix = random_matrix((6, 8), seed=30 + seed)
+        own = search.exhaustive(matrix, pattern=pattern).permutation
+        theirs = search.exhaustive(matrix, pattern=other).permutation
+        own_kept = metrics.kept_magnitude(matrix, own, pattern)
+        theirs_kept = metrics.kept_magnitude(matrix, theirs, pattern)
+        assert own_kept >= theirs_kept - quantization_slack(matrix)
+        strictly += own_kept > theirs_kept + quantization_slack(matrix)
+    assert strictly > 0
+
+
+def test_2_4_results_are_the_same_with_the_pattern_named():
+    matrix = reference_matrix()
+    named = search.find_permutation(matrix, "optimize_stripe_groups,8,0", pattern="2:4")
+    default = search.find_permutation(matrix, "optimize_stripe_groups,8,0")
+    np.testing.assert_array_equal(named.permutation, default.permutation)
+    assert round(named.magnitude, 3) == 2919.759 and round(named.efficacy, 2) == 35.47
+    assert str(named.pattern) == "2:4" == str(default.pattern)
+
+
+def test_same_seed_gives_the_same_permutation_for_a_pattern():
+    matrix = random_matrix((16, 64), seed=22)
+    first = search.channel_swap(matrix, 10, seed=5, pattern="4:8")
+    again = search.channel_swap(matrix, 10, seed=5, pattern=(4, 8))
+    np.testing.assert_array_equal(first.permutation, again.permutation)
+
+
+@pytest.mark.parametrize(
+    "pattern, cols, message",
+    [
+        ("8:16", 24, "24 columns; 8:16 sparsity needs a multiple of 16"),
+        ("4:8", 20, "20 columns; 4:8 sparsity needs a multiple of 8"),
+        ("1:2", 9, "9 columns; 1:2 sparsity needs a multiple of 2"),
+    ],
+)
+@pytest.mark.parametrize("strategy", ["channel_swap,0", "random,5", "exhaustive"])
+def test_columns_that_are_not_whole_groups_are_a_value_error(pattern, cols, message, strategy):
+    with pytest.raises(ValueError, match=message):
+        search.find_permutation(np.ones((4, cols)), strategy, pattern=pattern)
+
+
+@pytest.mark.parametrize("strategy", ["optimize_stripe_groups", "optimize_stripe_groups,16,0"])
+def test_stripe_groups_of_16_columns_are_refused_naming_channel_swap(strategy):
+    with pytest.raises(ValueError, match=r"cannot search pattern 8:16.*Use channel_swap"):
+        search.find_permutation(random_matrix((4, 64)), strategy, pattern="8:16")
+    with pytest.raises(ValueError, match="Use channel_swap"):
+        search.optimize_stripe_groups(random_matrix((4, 64)), pattern="1:16")
+
+
+@pytest.mark.parametrize(
+    "pattern, window, message",
+    [
+        ("4:8", 8, "window must be 16 columns for pattern 4:8; got 8"),
+        ("4:8", 12, "window must be 16 columns"),
+        ("1:2", 10, "window must be 8, 12 or 16 columns for pattern 1:2"),
+        ("2:4", 20, "window must be 8, 12 or 16 columns for pattern 2:4"),
+    ],
+)
+def test_windows_are_checked_for_the_pattern(pattern, window, message):
+    with pytest.raises(ValueError, match=message):
+        search.optimize_stripe_groups(random_matrix((4, 32)), window, 0, pattern=pattern)
+
+
+def test_too_many_stripe_groups_is_a_value_error_before_any_work():
+    """1:2 with 8 stripes of 2 per group on 128 columns: C(64, 8) groups."""
+    with pytest.raises(ValueError, match=r"stripe groups.*smaller window or channel_swap"):
+        search.optimize_stripe_groups(random_matrix((4, 128)), 16, 0, pattern="1:2")
+
+
+def test_bad_pattern_is_a_value_error_from_every_entry_point():
+    matrix = random_matrix((4, 16))
+    for call in (
+        lambda: search.find_permutation(matrix, pattern="4:4"),
+        lambda: search.optimize_stripe_groups(matrix, pattern="4:4"),
+        lambda: search.channel_swap(matrix, pattern="4:4"),
+        lambda: search.random_permutations(matrix, pattern="4:4"),
+        lambda: search.exhaustive(matrix, pattern="4:4"),
+        lambda: search.default_strategy(16, "4:4"),
+    ):
+        with pytest.raises(ValueError, match="N must be smaller than M"):
+            call()
+
+
+def test_default_strategy_per_pattern():
+    """Stripe groups of 8 for M = 4; channel swaps for M = 2, 8 (cheaper and as
+    good, benchmarks/README.md) and 16 (no stripe groups)."""
+    assert search.default_strategy(64, "2:4") == search.default_strategy(64)
+    assert search.default_strategy(128, "1:4") == "optimize_stripe_groups,8,50"
+    assert search.default_strategy(64, "1:2") == "channel_swap,100"
+    assert search.default_strategy(128, "4:8") == "channel_swap,50"
+    assert search.default_strategy(4096, "8:16") == "channel_swap,10"
+    matrix = random_matrix((8, 32), seed=23)
+    default = search.find_permutation(matrix, pattern="8:16", device="CPU")
+    named = search.channel_swap(matrix, 100, pattern="8:16", device="CPU")
+    assert default.strategy == "channel_swap,100"
+    np.testing.assert_array_equal(default.permutation, named.permutation)
+
+
+def test_parse_strategy_fills_in_the_pattern_window():
+    assert search.parse_strategy("optimize_stripe_groups", "4:8")[1]["window"] == 16
+    assert search.parse_strategy("optimize_stripe_groups", "1:2")[1]["window"] == 8
+    assert search.parse_strategy("optimize_stripe_groups,12", "1:2")[1]["window"] == 12
