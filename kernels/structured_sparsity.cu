@@ -10,8 +10,14 @@
  * threads score the partitions from those subset scores and a block
  * reduction keeps the best, the lowest partition index among equals.
  * Integer sums make the result independent of the reduction order, hence
- * equal to the CPU's. Every kernel is a template on the stripe width M, so
- * a row's M values and their selection network stay in registers.
+ * equal to the CPU's. Kernels that hold a row of a stripe are templates on
+ * the stripe width M, so its M values and their sorting network stay in
+ * registers.
+ *
+ * ss_column_swaps: one warp per stripe finds each row's n-th and (n+1)-th
+ * largest value; then one warp per (position, column) pair adds, over rows,
+ * how each of the two stripes changes when one value leaves and the other
+ * arrives, which those two thresholds decide (no stripe is rescored).
  */
 #include "structured_sparsity.h"
 #include "structured_sparsity_checks.h"
@@ -35,11 +41,11 @@ __device__ __forceinline__ int top2(int a, int b, int c, int d) {
   return max(high_ab, high_cd) + max(min(high_ab, high_cd), max(low_ab, low_cd));
 }
 
-/* The sum of the n largest of the M values `v` (M = 2, 4, 8 or 16): Batcher's
- * odd-even merge sort (the network structured_sparsity_network.h prunes),
- * unrolled at compile time, then the top n wires. */
+/* Sorts the M values `v` (M = 2, 4, 8 or 16) ascending: Batcher's odd-even
+ * merge sort (the network structured_sparsity_network.h writes), unrolled
+ * at compile time so that `v` stays in registers. */
 template <int M>
-__host__ __device__ __forceinline__ int top_n_sum(int (&v)[M], int n) {
+__host__ __device__ __forceinline__ void sort_values(int (&v)[M]) {
   constexpr int kLog = M == 2 ? 1 : M == 4 ? 2 : M == 8 ? 3 : 4;
 #pragma unroll
   for (int lp = 0; lp < kLog; ++lp) {
@@ -60,10 +66,27 @@ __host__ __device__ __forceinline__ int top_n_sum(int (&v)[M], int n) {
       }
     }
   }
+}
+
+/* The sum of the n largest of the M values `v` (sorting them). */
+template <int M>
+__host__ __device__ __forceinline__ int top_n_sum(int (&v)[M], int n) {
+  sort_values<M>(v);
   int sum = 0;
 #pragma unroll
   for (int w = 0; w < M; ++w) sum += w >= M - n ? v[w] : 0;
   return sum;
+}
+
+/* The change of what a row of a stripe keeps when its value `out` leaves
+ * and `in` takes its place, from the row's n-th (`nth`) and (n+1)-th
+ * (`next`) largest values: a leaving value among the n largest gives way to
+ * the (n+1)-th, and an arriving value above the n-th largest of those left
+ * displaces it. */
+__host__ __device__ __forceinline__ int replaced_row_change(int out, int in, int nth, int next) {
+  const bool kept = out >= nth;
+  const int threshold = kept ? next : nth;
+  return (kept ? next - out : 0) + max_of(in - threshold, 0);
 }
 
 /* What an n:M mask keeps of row r of the M columns. */
@@ -148,48 +171,53 @@ __global__ void stripe_groups_kernel(const int *magnitudes, long long rows, int 
   }
 }
 
-/* One warp per stripe: its current score. */
+/* One warp per stripe: each row's n-th and (n+1)-th largest value. */
 template <int M>
-__global__ void stripe_scores_kernel(const int *magnitudes, long long rows, int n,
-                                     const int *permutation, long long stripe_count,
-                                     long long *scores) {
+__global__ void stripe_thresholds_kernel(const int *magnitudes, long long rows, int n,
+                                         const int *permutation, long long stripe_count,
+                                         int *nth, int *next) {
   const long long t = (long long)blockIdx.x * kWarps + threadIdx.x / 32;
   if (t >= stripe_count) return;
   const int *stripe[M];
 #pragma unroll
   for (int k = 0; k < M; ++k) stripe[k] = magnitudes + (long long)permutation[M * t + k] * rows;
-  long long score = warp_stripe_score<M>(stripe, rows, n, threadIdx.x % 32);
-  if (threadIdx.x % 32 == 0) scores[t] = score;
+  for (long long r = threadIdx.x % 32; r < rows; r += 32) {
+    int v[M];
+#pragma unroll
+    for (int k = 0; k < M; ++k) v[k] = __ldg(stripe[k] + r);
+    sort_values<M>(v);
+    nth[t * rows + r] = v[M - n];
+    next[t * rows + r] = v[M - n - 1];
+  }
 }
 
-/* One warp per (position, column) pair: the gain of swapping them. */
-template <int M>
-__global__ void column_swaps_kernel(const int *magnitudes, long long rows, int n, long long cols,
+/* One warp per (position, column) pair: the gain of swapping them, from the
+ * two stripes' row thresholds. */
+__global__ void column_swaps_kernel(const int *magnitudes, long long rows, int m, long long cols,
                                     const int *permutation, const int *positions,
-                                    long long position_count, const long long *stripe_scores,
+                                    long long position_count, const int *nth, const int *next,
                                     long long *improvements) {
   const long long pair = (long long)blockIdx.x * kWarps + threadIdx.x / 32;
   if (pair >= position_count * cols) return;
   const int lane = threadIdx.x % 32;
   const long long i = pair / cols, q = pair % cols;
   const int p = positions[i];
-  const long long sp = p / M, sq = q / M;
+  const long long sp = p / m, sq = q / m;
   if (sp == sq) {
     if (lane == 0) improvements[pair] = 0;
     return;
   }
-  const int out_slot = p % M, in_slot = static_cast<int>(q % M);
-  const int *moving_out = magnitudes + (long long)permutation[p] * rows;
-  const int *moving_in = magnitudes + (long long)permutation[q] * rows;
-  const int *mine[M], *theirs[M];
-#pragma unroll
-  for (int j = 0; j < M; ++j) {  // compile-time indices keep the pointers in registers
-    mine[j] = j == out_slot ? moving_in : magnitudes + (long long)permutation[M * sp + j] * rows;
-    theirs[j] = j == in_slot ? moving_out : magnitudes + (long long)permutation[M * sq + j] * rows;
+  const int *mine = magnitudes + (long long)permutation[p] * rows;
+  const int *theirs = magnitudes + (long long)permutation[q] * rows;
+  const int *nth_p = nth + sp * rows, *next_p = next + sp * rows;
+  const int *nth_q = nth + sq * rows, *next_q = next + sq * rows;
+  long long gain = 0;
+  for (long long r = lane; r < rows; r += 32) {
+    const int a = __ldg(mine + r), b = __ldg(theirs + r);
+    gain += replaced_row_change(a, b, __ldg(nth_p + r), __ldg(next_p + r)) +
+            replaced_row_change(b, a, __ldg(nth_q + r), __ldg(next_q + r));
   }
-  long long gain = warp_stripe_score<M>(mine, rows, n, lane) +
-                   warp_stripe_score<M>(theirs, rows, n, lane) - stripe_scores[sp] -
-                   stripe_scores[sq];
+  for (int offset = 16; offset > 0; offset >>= 1) gain += __shfl_xor_sync(0xffffffffu, gain, offset);
   if (lane == 0) improvements[pair] = gain;
 }
 
@@ -246,16 +274,17 @@ cudaError_t launch_stripe_groups(const ss_search *s, const int *permutation, con
   return cudaGetLastError();
 }
 
-/* Launches the stripe-score and column-swap kernels for stripes of M columns. */
+/* Launches the row-threshold and column-swap kernels for stripes of M columns. */
 template <int M>
 cudaError_t launch_column_swaps(const ss_search *s, const int *permutation, const int *positions,
-                                long long position_count, long long *stripe_scores,
+                                long long position_count, int *nth, int *next,
                                 long long *improvements) {
   const long long stripe_count = s->cols / M, pairs = position_count * s->cols;
-  stripe_scores_kernel<M><<<static_cast<unsigned>((stripe_count + kWarps - 1) / kWarps), kThreads>>>(
-      s->magnitudes, s->rows, s->n, permutation, stripe_count, stripe_scores);
-  column_swaps_kernel<M><<<static_cast<unsigned>((pairs + kWarps - 1) / kWarps), kThreads>>>(
-      s->magnitudes, s->rows, s->n, s->cols, permutation, positions, position_count, stripe_scores,
+  stripe_thresholds_kernel<M>
+      <<<static_cast<unsigned>((stripe_count + kWarps - 1) / kWarps), kThreads>>>(
+          s->magnitudes, s->rows, s->n, permutation, stripe_count, nth, next);
+  column_swaps_kernel<<<static_cast<unsigned>((pairs + kWarps - 1) / kWarps), kThreads>>>(
+      s->magnitudes, s->rows, M, s->cols, permutation, positions, position_count, nth, next,
       improvements);
   return cudaGetLastError();
 }
@@ -375,20 +404,22 @@ int ss_column_swaps(const ss_search *s, const int32_t *permutation,
   if (position_count == 0) return SS_OK;
 
   const long long stripe_count = s->cols / s->m, pairs = position_count * s->cols;
-  DeviceBuffer d_permutation, d_positions, d_scores, d_improvements;
+  DeviceBuffer d_permutation, d_positions, d_nth, d_next, d_improvements;
   cudaError_t error = d_permutation.upload(permutation, sizeof(int) * s->cols);
   if (error == cudaSuccess) error = d_positions.upload(positions, sizeof(int) * position_count);
-  if (error == cudaSuccess) error = d_scores.upload(nullptr, sizeof(long long) * stripe_count);
+  if (error == cudaSuccess) error = d_nth.upload(nullptr, sizeof(int) * stripe_count * s->rows);
+  if (error == cudaSuccess) error = d_next.upload(nullptr, sizeof(int) * stripe_count * s->rows);
   if (error == cudaSuccess) error = d_improvements.upload(nullptr, sizeof(long long) * pairs);
   if (error != cudaSuccess) return status_of(error);
 
   const int *perm = d_permutation.as<int>(), *pos = d_positions.as<int>();
-  long long *scores = d_scores.as<long long>(), *gains = d_improvements.as<long long>();
+  int *nth = d_nth.as<int>(), *next = d_next.as<int>();
+  long long *gains = d_improvements.as<long long>();
   switch (s->m) {
-    case 2: error = launch_column_swaps<2>(s, perm, pos, position_count, scores, gains); break;
-    case 4: error = launch_column_swaps<4>(s, perm, pos, position_count, scores, gains); break;
-    case 8: error = launch_column_swaps<8>(s, perm, pos, position_count, scores, gains); break;
-    default: error = launch_column_swaps<16>(s, perm, pos, position_count, scores, gains);
+    case 2: error = launch_column_swaps<2>(s, perm, pos, position_count, nth, next, gains); break;
+    case 4: error = launch_column_swaps<4>(s, perm, pos, position_count, nth, next, gains); break;
+    case 8: error = launch_column_swaps<8>(s, perm, pos, position_count, nth, next, gains); break;
+    default: error = launch_column_swaps<16>(s, perm, pos, position_count, nth, next, gains);
   }
   if (error == cudaSuccess)
     error = cudaMemcpy(improvements, d_improvements.pointer, sizeof(long long) * pairs, cudaMemcpyDeviceToHost);

@@ -6,7 +6,9 @@
  * vectorizes: columns are contiguous, and the n-of-m selection is a fixed
  * network of min/max operations with no branches (written out for 2:4; for
  * other patterns structured_sparsity_network.h's network runs over blocks
- * of rows).
+ * of rows). A column swap changes two stripes by one value a row, which each
+ * stripe's n-th and (n+1)-th largest row values decide: those are found once
+ * per stripe, and no stripe is rescored per swap.
  */
 #include "structured_sparsity.h"
 #include "structured_sparsity_checks.h"
@@ -31,7 +33,9 @@ struct ss_search {
   int64_t partition_count;
   int32_t *partitions; /* (partition_count, window / m) */
   int32_t comparator_count;
-  ss_comparator network[SS_MAX_COMPARATORS]; /* sums the n largest of m */
+  ss_comparator network[SS_MAX_COMPARATORS];      /* sums the n largest of m */
+  int32_t sort_count;
+  ss_comparator sort_network[SS_MAX_COMPARATORS]; /* sorts m */
 };
 
 static inline int32_t max32(int32_t a, int32_t b) { return a > b ? a : b; }
@@ -66,45 +70,96 @@ static int64_t quad_score(const int32_t *restrict a, const int32_t *restrict b,
 /* Rows per block of the network: the wires of a block stay in L1 cache. */
 #define NETWORK_BLOCK 128
 
-/* What an n:m mask keeps of m columns, summed over rows: the network runs
- * on a block of rows at a time (zeros past the last row keep nothing). */
+/* Loads rows first.. of the m columns into wires (zeros past the last row)
+ * and runs `count` comparators of `network` on them. */
+static void run_network(const ss_comparator *network, int32_t count, int32_t m,
+                        const int32_t *const *columns, int64_t first, int64_t rows,
+                        int32_t wires[][NETWORK_BLOCK]) {
+  const int64_t valid = rows - first < NETWORK_BLOCK ? rows - first : NETWORK_BLOCK;
+  for (int32_t w = 0; w < m; ++w) {
+    const int32_t *restrict from = columns[w] + first;
+    if (valid == NETWORK_BLOCK) {
+      for (int r = 0; r < NETWORK_BLOCK; ++r) wires[w][r] = from[r];
+    } else {
+      for (int r = 0; r < NETWORK_BLOCK; ++r) wires[w][r] = r < valid ? from[r] : 0;
+    }
+  }
+  for (int32_t c = 0; c < count; ++c) {
+    int32_t *restrict low = wires[network[c].low];
+    int32_t *restrict high = wires[network[c].high];
+    switch (network[c].keep) {
+      case SS_KEEP_BOTH:
+        for (int r = 0; r < NETWORK_BLOCK; ++r) {
+          const int32_t a = low[r], b = high[r];
+          low[r] = min32(a, b);
+          high[r] = max32(a, b);
+        }
+        break;
+      case SS_KEEP_MAX:
+        for (int r = 0; r < NETWORK_BLOCK; ++r) high[r] = max32(low[r], high[r]);
+        break;
+      default:
+        for (int r = 0; r < NETWORK_BLOCK; ++r) low[r] = min32(low[r], high[r]);
+    }
+  }
+}
+
+/* Sum over a block of the top n wires. Each row keeps at most 15 *
+ * SS_MAX_MAGNITUDE < 2^26: a row's sum fits an int32, rows add in int64. */
+static int64_t top_wires_sum(int32_t wires[][NETWORK_BLOCK], int32_t n, int32_t m) {
+  int32_t kept[NETWORK_BLOCK] = {0};
+  for (int32_t w = m - n; w < m; ++w)
+    for (int r = 0; r < NETWORK_BLOCK; ++r) kept[r] += wires[w][r];
+  int64_t sum = 0;
+  for (int r = 0; r < NETWORK_BLOCK; ++r) sum += kept[r];
+  return sum;
+}
+
+/* What an n:m mask keeps of m columns, summed over rows: the pruned network
+ * runs on a block of rows at a time. */
 static int64_t network_score(const ss_search *s, const int32_t *const *columns) {
   int32_t wires[SS_MAX_STRIPE][NETWORK_BLOCK];
   int64_t sum = 0;
   for (int64_t first = 0; first < s->rows; first += NETWORK_BLOCK) {
-    const int64_t count = s->rows - first < NETWORK_BLOCK ? s->rows - first : NETWORK_BLOCK;
-    for (int32_t w = 0; w < s->m; ++w) {
-      const int32_t *restrict from = columns[w] + first;
-      if (count == NETWORK_BLOCK) {
-        for (int r = 0; r < NETWORK_BLOCK; ++r) wires[w][r] = from[r];
-      } else {
-        for (int r = 0; r < NETWORK_BLOCK; ++r) wires[w][r] = r < count ? from[r] : 0;
-      }
+    run_network(s->network, s->comparator_count, s->m, columns, first, s->rows, wires);
+    sum += top_wires_sum(wires, s->n, s->m);
+  }
+  return sum;
+}
+
+/* The score of m columns, and each row's n-th and (n+1)-th largest value
+ * (the full sorting network puts them on wires m - n and m - n - 1). */
+static int64_t stripe_thresholds(const ss_search *s, const int32_t *const *columns,
+                                 int32_t *nth, int32_t *next) {
+  int32_t wires[SS_MAX_STRIPE][NETWORK_BLOCK];
+  int64_t sum = 0;
+  for (int64_t first = 0; first < s->rows; first += NETWORK_BLOCK) {
+    run_network(s->sort_network, s->sort_count, s->m, columns, first, s->rows, wires);
+    sum += top_wires_sum(wires, s->n, s->m);
+    const int64_t valid = s->rows - first < NETWORK_BLOCK ? s->rows - first : NETWORK_BLOCK;
+    memcpy(nth + first, wires[s->m - s->n], sizeof(int32_t) * valid);
+    memcpy(next + first, wires[s->m - s->n - 1], sizeof(int32_t) * valid);
+  }
+  return sum;
+}
+
+/* The change of a stripe's score, summed over rows, when its column `out`
+ * leaves and `in` takes its place, from the stripe's row thresholds: a
+ * leaving value among the n largest gives way to the (n+1)-th, and an
+ * arriving value above the n-th largest of those left displaces it. */
+static int64_t replacement_gain(const int32_t *restrict out, const int32_t *restrict in,
+                                const int32_t *restrict nth, const int32_t *restrict next,
+                                int64_t rows) {
+  int64_t sum = 0;
+  for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
+    const int64_t last = first + ROW_BLOCK < rows ? first + ROW_BLOCK : rows;
+    int32_t block = 0; /* |change| <= SS_MAX_MAGNITUDE a row */
+    for (int64_t r = first; r < last; ++r) {
+      const int kept = out[r] >= nth[r];
+      const int32_t threshold = kept ? next[r] : nth[r];
+      block += (kept ? next[r] - out[r] : 0) + max32(in[r] - threshold, 0);
     }
-    for (int32_t c = 0; c < s->comparator_count; ++c) {
-      int32_t *restrict low = wires[s->network[c].low];
-      int32_t *restrict high = wires[s->network[c].high];
-      switch (s->network[c].keep) {
-        case SS_KEEP_BOTH:
-          for (int r = 0; r < NETWORK_BLOCK; ++r) {
-            const int32_t a = low[r], b = high[r];
-            low[r] = min32(a, b);
-            high[r] = max32(a, b);
-          }
-          break;
-        case SS_KEEP_MAX:
-          for (int r = 0; r < NETWORK_BLOCK; ++r) high[r] = max32(low[r], high[r]);
-          break;
-        default:
-          for (int r = 0; r < NETWORK_BLOCK; ++r) low[r] = min32(low[r], high[r]);
-      }
-    }
-    /* Each row keeps at most 15 * SS_MAX_MAGNITUDE < 2^26: a row's sum fits
-     * an int32, and the rows are added in int64. */
-    int32_t kept[NETWORK_BLOCK] = {0};
-    for (int32_t w = s->m - s->n; w < s->m; ++w)
-      for (int r = 0; r < NETWORK_BLOCK; ++r) kept[r] += wires[w][r];
-    for (int r = 0; r < NETWORK_BLOCK; ++r) sum += kept[r];
+    sum += block;
   }
   return sum;
 }
@@ -151,6 +206,7 @@ int ss_search_create(const int32_t *magnitudes, int64_t rows, int64_t cols, int3
   s->m = m;
   s->window = window;
   s->comparator_count = ss_top_network(n, m, s->network);
+  s->sort_count = ss_sort_network(m, s->sort_network);
   s->magnitudes = malloc(sizeof(int32_t) * rows * cols);
   if (window) {
     s->subset_count = subset_count;
@@ -258,16 +314,23 @@ int ss_column_swaps(const ss_search *s, const int32_t *permutation,
     if (positions[i] < 0 || positions[i] >= s->cols) return SS_INVALID_ARGUMENT;
   if (!ss_is_permutation(permutation, s->cols)) return SS_INVALID_ARGUMENT;
 
+  /* A swap changes two stripes by one column each: each change follows from
+   * that stripe's row thresholds, computed once per stripe. */
   const int32_t m = s->m;
-  const int64_t cols = s->cols, stripe_count = cols / m;
-  int64_t *stripe_scores = malloc(sizeof(int64_t) * stripe_count);
-  if (!stripe_scores) return SS_OUT_OF_MEMORY;
-  const int64_t work = (position_count * 2 + 1) * cols * s->rows / 4 * m / 4;
+  const int64_t cols = s->cols, rows = s->rows, stripe_count = cols / m;
+  int32_t *nth = malloc(sizeof(int32_t) * stripe_count * rows);
+  int32_t *next = malloc(sizeof(int32_t) * stripe_count * rows);
+  if (!nth || !next) {
+    free(nth);
+    free(next);
+    return SS_OUT_OF_MEMORY;
+  }
+  const int64_t work = (position_count * 2 + 1) * cols * rows / 4;
 #pragma omp parallel for schedule(static) if (work > SS_PARALLEL_WORK)
   for (int64_t t = 0; t < stripe_count; ++t) {
     const int32_t *columns[SS_MAX_STRIPE];
     for (int32_t j = 0; j < m; ++j) columns[j] = column(s, permutation[m * t + j]);
-    stripe_scores[t] = stripe_score(s, columns);
+    stripe_thresholds(s, columns, nth + t * rows, next + t * rows);
   }
 
 #pragma omp parallel for schedule(dynamic, 8) if (work > SS_PARALLEL_WORK)
@@ -276,23 +339,15 @@ int ss_column_swaps(const ss_search *s, const int32_t *permutation,
     const int32_t p = positions[i];
     const int64_t sp = p / m;
     int64_t *out = improvements + i * cols + m * t;
-    if (t == sp) {
-      for (int32_t k = 0; k < m; ++k) out[k] = 0;
-      continue;
-    }
     for (int32_t k = 0; k < m; ++k) {
-      const int32_t *mine[SS_MAX_STRIPE], *theirs[SS_MAX_STRIPE];
-      for (int32_t j = 0; j < m; ++j) {
-        mine[j] = column(s, permutation[m * sp + j]);
-        theirs[j] = column(s, permutation[m * t + j]);
-      }
-      const int32_t *moving_in = theirs[k], *moving_out = mine[p % m];
-      mine[p % m] = moving_in;
-      theirs[k] = moving_out;
-      out[k] = stripe_score(s, mine) + stripe_score(s, theirs) - stripe_scores[sp] -
-               stripe_scores[t];
+      const int64_t q = m * t + k;
+      const int32_t *mine = column(s, permutation[p]), *theirs = column(s, permutation[q]);
+      out[k] = t == sp ? 0
+                       : replacement_gain(mine, theirs, nth + sp * rows, next + sp * rows, rows) +
+                             replacement_gain(theirs, mine, nth + t * rows, next + t * rows, rows);
     }
   }
-  free(stripe_scores);
+  free(nth);
+  free(next);
   return SS_OK;
 }

@@ -1,14 +1,15 @@
 /*
- * structured_sparsity_network.h: the comparator network that sums the n
- * largest of m values (m a power of two up to 16), shared by the CPU (C)
- * and CUDA (C++ host code) implementations of structured_sparsity.h.
+ * structured_sparsity_network.h: the comparator networks that sort m values
+ * and sum the n largest of them (m a power of two up to 16), shared by the
+ * CPU (C) and CUDA (C++ host code) implementations of structured_sparsity.h.
  *
- * ss_top_network() writes Batcher's odd-even merge sort for m wires, pruned
- * to what the sum of the top n wires needs: a comparator none of whose
- * outputs is read again is dropped, one with a single output read keeps
- * only that min or max, and one that only swaps two values that are both
- * summed and never compared again is dropped too. 2:4 needs 8 min/max
- * operations, 1:m only m - 1 maxima, 4:8 30 of the full network's 38.
+ * ss_sort_network() writes Batcher's odd-even merge sort for m wires (the
+ * smallest value ends on wire 0). ss_top_network() prunes it to what the sum
+ * of the top n wires needs: a comparator none of whose outputs is read
+ * again is dropped, one with a single output read keeps only that min or
+ * max, and one that only swaps two values that are both summed and never
+ * compared again is dropped too. 2:4 needs 8 min/max operations, 1:m only
+ * m - 1 maxima, 4:8 30 of the full network's 38.
  *
  *   ss_comparator network[SS_MAX_COMPARATORS];
  *   int count = ss_top_network(2, 8, network);
@@ -35,10 +36,9 @@ static inline int ss_is_pattern(int n, int m) {
   return (m == 2 || m == 4 || m == 8 || m == 16) && n >= 1 && n < m;
 }
 
-/* Writes the pruned network for "sum of the n largest of m" (a valid
- * pattern) in execution order; returns its length. */
-static inline int ss_top_network(int n, int m, ss_comparator *out) {
-  ss_comparator full[SS_MAX_COMPARATORS];
+/* Writes Batcher's odd-even merge sort for m (2, 4, 8 or 16) wires in
+ * execution order; returns its length. */
+static inline int ss_sort_network(int m, ss_comparator *out) {
   int count = 0;
   for (int p = 1; p < m; p *= 2)
     for (int k = p; k >= 1; k /= 2)
@@ -46,8 +46,16 @@ static inline int ss_top_network(int n, int m, ss_comparator *out) {
         for (int i = 0; i < k && i + j + k < m; ++i)
           if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
             ss_comparator c = {(unsigned char)(i + j), (unsigned char)(i + j + k), SS_KEEP_BOTH};
-            full[count++] = c;
+            out[count++] = c;
           }
+  return count;
+}
+
+/* Writes the pruned network for "sum of the n largest of m" (a valid
+ * pattern) in execution order; returns its length. */
+static inline int ss_top_network(int n, int m, ss_comparator *out) {
+  ss_comparator full[SS_MAX_COMPARATORS];
+  const int count = ss_sort_network(m, full);
 
   /* Backwards: `needed` wires hold a value still read (by a kept comparator
    * or the final sum); `settled` wires are compared no more. */

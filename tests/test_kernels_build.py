@@ -72,14 +72,42 @@ template <int M> int check() {
   return 0;
 }
 
-int main() { return check<2>() + check<4>() + check<8>() + check<16>(); }
+// replaced_row_change (the CUDA column swaps) against rescoring a sorted row.
+template <int M> int check_replacement() {
+  for (int n = 1; n < M; ++n)
+    for (int trial = 0; trial < 20000; ++trial) {
+      int values[M], sorted[M], changed[M];
+      const int range = trial % 2 ? 1000 : 3;  // ties too
+      for (int w = 0; w < M; ++w) values[w] = sorted[w] = changed[w] = rand() % range;
+      const int slot = rand() % M, arriving = rand() % range;
+      std::sort(sorted, sorted + M);
+      changed[slot] = arriving;
+      int before = 0, after = 0;
+      for (int w = M - n; w < M; ++w) before += sorted[w];
+      std::sort(changed, changed + M);
+      for (int w = M - n; w < M; ++w) after += changed[w];
+      const int nth = sorted[M - n], next = sorted[M - n - 1];
+      const int change = replaced_row_change(values[slot], arriving, nth, next);
+      if (change != after - before) {
+        printf("replaced_row_change for %d:%d is wrong\n", n, M);
+        return 1;
+      }
+    }
+  return 0;
+}
+
+int main() {
+  return check<2>() + check<4>() + check<8>() + check<16>() + check_replacement<2>() +
+         check_replacement<4>() + check_replacement<8>() + check_replacement<16>();
+}
 """
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
-def test_cuda_selection_network_sums_the_n_largest(tmp_path):
-    """The CUDA kernels' top-n network, compiled for the host with nvcc and run
-    without a GPU, against sorting for every n:m with m in {2, 4, 8, 16}."""
+def test_cuda_selection_network_and_swap_arithmetic_are_right(tmp_path):
+    """The CUDA kernels' top-n network and their column-swap change of a row,
+    compiled for the host with nvcc and run without a GPU, against sorting,
+    for every n:m with m in {2, 4, 8, 16}."""
     source = tmp_path / "network_check.cu"
     source.write_text(CUDA_NETWORK_CHECK)
     kernels = os.path.join(REPO, "kernels")
