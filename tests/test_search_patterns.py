@@ -23,6 +23,7 @@ from tf_asp import search
 from tf_asp.patterns import parse_pattern
 from tf_asp.search import metrics
 from tf_asp.search import native
+from tf_asp.search.reference import ReferenceSearch
 from tf_asp.search.windows import window_tables
 
 
@@ -176,6 +177,26 @@ def test_kernel_library_refuses_bad_patterns(cpu_library):
     handle = ctypes.c_void_p()
     assert create(magnitudes, 4, 16, 15, 16, 0, None, 0, None, 0, ctypes.byref(handle)) == 0
     cpu_library._lib.ss_search_destroy(handle)
+
+
+@pytest.mark.parametrize("pattern", ["1:2", "1:4", "3:4", "2:8", "7:8", "8:16"])
+def test_reference_column_swaps_is_the_change_of_the_total_score_for_every_pattern(pattern):
+    """The reference's swap gains (from row thresholds) against rescoring the
+    whole order after each swap, on ties too."""
+    m = parse_pattern(pattern).m
+    for matrix in (random_matrix((5, 2 * m), seed=40), tied_matrix((5, 3 * m), seed=41)):
+        magnitudes = metrics.quantize(matrix)
+        cols = matrix.shape[1]
+        permutation = np.random.default_rng(42).permutation(cols)
+        gains = ReferenceSearch(magnitudes, pattern=pattern).column_swaps(
+            permutation, np.arange(cols)
+        )
+        before = metrics.quantized_score(magnitudes, permutation, pattern)
+        for p, q in itertools.product(range(cols), repeat=2):
+            swapped = permutation.copy()
+            swapped[[p, q]] = swapped[[q, p]]
+            after = metrics.quantized_score(magnitudes, swapped, pattern)
+            assert gains[p, q] == (0 if p // m == q // m else after - before), (p, q)
 
 
 # --- on a GPU --------------------------------------------------------------------

@@ -74,23 +74,34 @@ class ReferenceSearch:
         return scores
 
     def column_swaps(self, permutation, positions):
-        """Gain of swapping each of `positions` with every column (C wide)."""
+        """Gain of swapping each of `positions` with every column (C wide).
+
+        A swap changes each of its two stripes by one value a row, and what
+        that does to a row follows from the row's n-th and (n+1)-th largest
+        values: a leaving value among the n largest gives way to the (n+1)-th
+        (`lost`), and an arriving value above the n-th largest of those left
+        (`threshold`) displaces it.
+        """
         permutation = np.asarray(permutation)
-        positions = np.asarray(positions)
         cols, rows = self.magnitudes.shape
-        m = self.pattern.m
-        stripes = self.magnitudes[permutation].reshape(cols // m, m, rows)
-        scores = self._scores(stripes)
+        n, m = self.pattern.n, self.pattern.m
+        values = self.magnitudes[permutation]  # (C, rows), by position
+        ordered = np.sort(values.reshape(cols // m, m, rows), axis=1)
+        nth = np.repeat(ordered[:, m - n], m, axis=0)  # of each position's stripe
+        next_ = np.repeat(ordered[:, m - n - 1], m, axis=0)
+        kept = values >= nth
+        lost = np.where(kept, next_ - values, 0)  # when the value at a position leaves
+        threshold = np.where(kept, next_, nth)  # what an arriving value must beat there
+        stripe_of = np.arange(cols) // m
         improvements = np.zeros((len(positions), cols), np.int64)
-        others = np.arange(cols)
-        for i, p in enumerate(positions):
-            mine = np.repeat(stripes[p // m][None], cols, axis=0)  # (C, m, rows)
-            theirs = stripes[others // m].copy()
-            mine[others, p % m] = stripes[others // m, others % m]
-            theirs[others, others % m] = stripes[p // m, p % m]
-            gain = self._scores(mine) + self._scores(theirs) - scores[p // m] - scores[others // m]
-            gain[others // m == p // m] = 0
-            improvements[i] = gain
+        for i, p in enumerate(np.asarray(positions)):
+            gain = (
+                lost[p]
+                + np.maximum(values - threshold[p], 0)  # p's stripe takes each column
+                + lost
+                + np.maximum(values[p] - threshold, 0)  # each column's stripe takes p
+            )
+            improvements[i] = np.where(stripe_of == stripe_of[p], 0, gain.sum(-1, dtype=np.int64))
         return improvements
 
     def close(self):
