@@ -87,9 +87,10 @@ def default_strategy(columns, pattern=DEFAULT_PATTERN):
     14 s and 8.2 with 100).
 
     For M = 2, 8 and 16: channel swaps with the same escape attempts. Their
-    stripe groups cost far more for no more gain (1:2 on 512 x 128: window 8
-    12.5 in 8.5 s, channel_swap,100 12.3 in 0.1 s; 4:8: window 16 26.5 in
-    6.5 s, channel_swap,100 27.3 in 2.4 s), and M = 16 has none.
+    stripe groups cost far more for little or no gain (512 x 128, CPU: 1:2
+    window 8 efficacy 12.5 in 13 s, channel_swap,50 12.2 in 0.09 s; 4:8
+    window 16 26.5 in 16 s, channel_swap,50 27.2 in 0.26 s), and M = 16 has
+    none.
 
     ```python
     default_strategy(64), default_strategy(512)   # '...,8,100', '...,8,12'
