@@ -8,6 +8,9 @@ Sections:
   and its strategies, with the published efficacy and times beside ours.
 - large: 1536 x 384 and 384 x 1536 random matrices, window 8, no escapes.
 - exhaustive: the true optimum vs stripe groups on 100 random 32 x 16 matrices.
+- patterns: search time and efficacy per N:M pattern on 1536 x 384 and
+  384 x 1536 matrices: the pattern's default strategy on every backend, and
+  channel swaps and the smallest stripe-group window without escapes natively.
 
 Times are the median of `--repeats` runs (one run for runs over 2 s).
 """
@@ -22,6 +25,7 @@ from machine import cpu_name
 
 from tf_asp import search
 from tf_asp.search import metrics
+from tf_asp.search.strategies import stripe_group_window
 
 # The published table (V100 GPU; CPU times where the seed lists them).
 PUBLISHED = {
@@ -38,13 +42,18 @@ PUBLISHED = {
 }
 # Searches too slow for a benchmark run on the NumPy fallback.
 NUMPY_TIME_LIMIT = 60.0
+# ... and for the wider patterns' stripe groups natively (the wrapper's default).
+NATIVE_TIME_LIMIT = 60.0
+PATTERNS = ("1:2", "2:4", "1:4", "2:8", "4:8", "8:16")
 
 
-def timed(matrix, strategy, device, repeats, time_limit=None):
+def timed(matrix, strategy, device, repeats, time_limit=None, pattern="2:4"):
     results = []
     for _ in range(repeats):
         results.append(
-            search.find_permutation(matrix, strategy, device=device, time_limit=time_limit, seed=0)
+            search.find_permutation(
+                matrix, strategy, device=device, time_limit=time_limit, seed=0, pattern=pattern
+            )
         )
         if results[-1].duration > 2.0:
             break
@@ -147,13 +156,69 @@ def exhaustive_section(device, count=100):
         )
 
 
+def pattern_strategies(columns, pattern):
+    """(strategy, native only) pairs benchmarked for a pattern: its default,
+    channel swaps and its smallest stripe-group window, without escapes."""
+    default = search.default_strategy(columns, pattern)
+    rows = [(default, False)]
+    for extra in ("channel_swap,0", f"optimize_stripe_groups,{_smallest_window(pattern)},0"):
+        if extra != default and not extra.endswith("None,0"):
+            rows.append((extra, True))
+    return rows
+
+
+def _smallest_window(pattern):
+    try:
+        return stripe_group_window(None, pattern)
+    except ValueError:  # M = 16 has no stripe groups
+        return None
+
+
+def patterns_section(devices, repeats, patterns=PATTERNS):
+    print("\n## Patterns: time and efficacy per N:M pattern (no escapes unless the default)\n")
+    print(
+        f"| {'pattern':<7} | {'matrix':<11} | {'strategy':<30} | {'backend':<7} | {'efficacy':>8} "
+        f"| {'time':>15} |"
+    )
+    print(f"|{'-' * 9}|{'-' * 13}|{'-' * 32}|{'-' * 9}|{'-' * 9}:|{'-' * 16}:|")
+    for shape in ((1536, 384), (384, 1536)):
+        m = np.random.RandomState(1).rand(*shape)
+        for pattern in patterns:
+            for strategy, native_only in pattern_strategies(shape[1], pattern):
+                for device in devices:
+                    if device == "numpy" and native_only:
+                        continue
+                    limit = NUMPY_TIME_LIMIT if device == "numpy" else NATIVE_TIME_LIMIT
+                    try:
+                        result, seconds = timed(m, strategy, device, repeats, limit, pattern)
+                    except ValueError:  # more stripe groups than a search can list
+                        print(
+                            f"| {pattern:<7} | {shape[0]:>4} x {shape[1]:<4} | {strategy:<30} "
+                            f"| {'-':<7} | {'-':>8} | {'too many groups':>15} |"
+                        )
+                        break
+                    note = " (limit)" if result.timed_out else ""
+                    print(
+                        f"| {pattern:<7} | {shape[0]:>4} x {shape[1]:<4} | {strategy:<30} "
+                        f"| {result.backend:<7} | {result.efficacy:8.2f} "
+                        f"| {fmt_time(seconds) + note:>15} |",
+                        flush=True,
+                    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["reference", "large", "exhaustive"],
-        choices=["reference", "large", "exhaustive"],
+        default=["reference", "large", "exhaustive", "patterns"],
+        choices=["reference", "large", "exhaustive", "patterns"],
+    )
+    parser.add_argument(
+        "--patterns",
+        nargs="+",
+        default=list(PATTERNS),
+        help="patterns of the patterns section (default: %(default)s)",
     )
     parser.add_argument(
         "--devices",
@@ -175,6 +240,8 @@ def main():
         large_section(devices, args.repeats)
     if "exhaustive" in args.sections:
         exhaustive_section(devices[0])
+    if "patterns" in args.sections:
+        patterns_section(devices, args.repeats, args.patterns)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@
  * either through ctypes and cannot tell them apart.
  *
  * The matrix being permuted has `rows` rows (one per output value) and `cols`
- * columns (input channels); a *stripe* is 4 consecutive columns of the
- * permuted matrix, the unit a 2:4 mask works on. Magnitudes arrive quantized
- * to non-negative int32 (at most SS_MAX_MAGNITUDE), column by column: element
- * (r, c) is magnitudes[c * rows + r]. Scores are exact int64 sums, so every
+ * columns (input channels). A search is made for one N:M pattern (keep n of
+ * every m consecutive columns; m is 2, 4, 8 or 16): a *stripe* is m
+ * consecutive columns of the permuted matrix, the unit an N:M mask works on.
+ * Magnitudes arrive quantized to non-negative int32 (at most
+ * SS_MAX_MAGNITUDE), column by column: element (r, c) is
+ * magnitudes[c * rows + r]. Scores are exact int64 sums, so every
  * implementation, whatever its summation order, returns the same numbers and
  * therefore the same choices.
  *
- * The score of 4 columns is the sum over rows of the 2 largest of their 4
- * magnitudes: what a 2:4 mask keeps of them.
+ * The score of m columns is the sum over rows of the n largest of their m
+ * magnitudes: what an N:M mask keeps of them.
  *
  * Every function returns SS_OK or an error status; nothing is written to an
  * output on error. There is no global state: a search's data lives in an
@@ -30,9 +32,10 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a table layout changes. */
-#define SS_ABI_VERSION 2
-/* Largest magnitude accepted: the sum of 2 of them over 128 rows still fits
- * an int32, so implementations may add short runs of rows in 32 bits. */
+#define SS_ABI_VERSION 3
+/* Largest magnitude accepted: a sum of 511 of them still fits an int32, so
+ * implementations may add short runs of kept values in 32 bits (the CPU adds
+ * 128 rows of 2:4's 2, or the n < 16 of one row). */
 #define SS_MAX_MAGNITUDE (1 << 22)
 
 enum ss_status {
@@ -57,27 +60,29 @@ const char *ss_status_string(int status);
 
 /*
  * Copies the magnitudes (and, for stripe-group searches, the tables of a
- * window) into a new search handle.
+ * window) into a new search handle for the pattern n:m.
  *
- * window: columns per stripe group (a multiple of 4), or 0 for a handle used
- *   only with ss_column_swaps.
- * quads: (quad_count, 4) window positions: every 4-subset of 0..window-1.
- * partitions: (partition_count, window / 4) indices into quads: every way to
- *   split the window into stripes, order ignored; partition 0 must be the
- *   identity (quads holding positions 0-3, 4-7, ...).
+ * n, m: keep n of every m columns; m is 2, 4, 8 or 16, 1 <= n < m, and cols
+ *   is a multiple of m.
+ * window: columns per stripe group (a multiple of m, at most 32), or 0 for a
+ *   handle used only with ss_column_swaps.
+ * subsets: (subset_count, m) window positions: every m-subset of
+ *   0..window-1 (the stripes a partition may use).
+ * partitions: (partition_count, window / m) indices into subsets: every way
+ *   to split the window into stripes, order ignored; partition 0 must be the
+ *   identity (subsets holding positions 0..m-1, m..2m-1, ...).
  */
-int ss_search_create(const int32_t *magnitudes, int64_t rows, int64_t cols,
-                     int32_t window, const int32_t *quads, int32_t quad_count,
-                     const int32_t *partitions, int64_t partition_count,
-                     ss_search **out);
+int ss_search_create(const int32_t *magnitudes, int64_t rows, int64_t cols, int32_t n,
+                     int32_t m, int32_t window, const int32_t *subsets, int32_t subset_count,
+                     const int32_t *partitions, int64_t partition_count, ss_search **out);
 void ss_search_destroy(ss_search *search);
 
 /*
  * For each stripe group, the best partition of its window and its gain.
  *
  * permutation: (cols) the current column order.
- * groups: (group_count, window / 4) stripe indices; window position p of group
- *   g is column permutation[4 * groups[g][p / 4] + p % 4].
+ * groups: (group_count, window / m) stripe indices; window position p of group
+ *   g is column permutation[m * groups[g][p / m] + p % m].
  * improvements: (group_count) out: best partition score - identity score (>= 0).
  * best_partitions: (group_count) out: the first partition reaching the best.
  */

@@ -96,3 +96,23 @@ def test_version_is_written_once():
         [sys.executable, "setup.py", "--version"], capture_output=True, text=True, cwd=REPO
     )
     assert result.stdout.strip().splitlines()[-1] == tf_asp.__version__
+
+
+def test_importing_tf_asp_after_keras_lets_keras_load_a_saved_wrapper(tmp_path):
+    import keras
+    import numpy as np
+    from helpers import small_mlp
+
+    model = small_mlp()
+    optimizer = tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(0.1), model, permute=False)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(np.ones((4, 32)), np.zeros((4, 16)), verbose=0)
+    model.save(tmp_path / "model.keras")
+    code = (
+        "import keras; import tf_asp; "
+        f"model = keras.models.load_model({str(tmp_path / 'model.keras')!r}); "
+        "print(type(model.optimizer).__name__, len(model.optimizer.masks))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["AspOptimizerWrapperV2", "2"]

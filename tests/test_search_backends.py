@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tf_asp import search
+from tf_asp.patterns import parse_pattern
 from tf_asp.search import backends
 from tf_asp.search import metrics
 from tf_asp.search import native
@@ -145,15 +146,16 @@ def test_random_permutations_run_on_numpy_on_every_device():
 # --- the raw kernels agree with the reference ----------------------------------
 
 
-def assert_stripe_groups_agree(native_library, matrix, window, seed):
+def assert_stripe_groups_agree(native_library, matrix, window, seed, pattern="2:4", count=60):
     rng = np.random.default_rng(seed)
     magnitudes = metrics.quantize(matrix)
-    cols = matrix.shape[1]
+    cols, m = matrix.shape[1], parse_pattern(pattern).m
     permutation = rng.permutation(cols).astype(np.int32)
-    groups = random_groups(cols // 4, window // 4, 60, rng)
-    tables = window_tables(window)
-    expected = ReferenceSearch(magnitudes, window, tables).stripe_groups(permutation, groups)
-    with native_library.search(magnitudes, window, tables) as kernel:
+    groups = random_groups(cols // m, window // m, count, rng)
+    tables = window_tables(window, m)
+    reference = ReferenceSearch(magnitudes, window, tables, pattern)
+    expected = reference.stripe_groups(permutation, groups)
+    with native_library.search(magnitudes, window, tables, pattern) as kernel:
         got = kernel.stripe_groups(permutation, groups)
     np.testing.assert_array_equal(got[0], expected[0])  # improvements
     np.testing.assert_array_equal(got[1], expected[1])  # best partition indices
@@ -161,14 +163,14 @@ def assert_stripe_groups_agree(native_library, matrix, window, seed):
     return expected
 
 
-def assert_column_swaps_agree(native_library, matrix, seed):
+def assert_column_swaps_agree(native_library, matrix, seed, pattern="2:4"):
     rng = np.random.default_rng(seed)
     magnitudes = metrics.quantize(matrix)
     cols = matrix.shape[1]
     permutation = rng.permutation(cols).astype(np.int32)
     for positions in (np.arange(cols), rng.integers(0, cols, 7)):
-        expected = ReferenceSearch(magnitudes).column_swaps(permutation, positions)
-        with native_library.search(magnitudes) as kernel:
+        expected = ReferenceSearch(magnitudes, pattern=pattern).column_swaps(permutation, positions)
+        with native_library.search(magnitudes, pattern=pattern) as kernel:
             got = kernel.column_swaps(permutation, positions)
         assert got.shape == (len(positions), cols) and got.dtype == np.int64
         np.testing.assert_array_equal(got, expected)

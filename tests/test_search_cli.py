@@ -328,3 +328,58 @@ def test_time_limit_is_noted_in_the_table(capsys):
     )
     duration = table(capsys.readouterr().out)["optimize_stripe_groups,8,1000000"][2]
     assert duration.endswith("(time limit)")
+
+
+# --- --pattern ------------------------------------------------------------------------
+
+
+def test_pattern_measures_every_row_for_that_pattern(capsys):
+    arguments = ["--pattern", "1:4", "--pretty_print", "0", "--check_permutation", "1"]
+    assert main([*arguments, "optimize_stripe_groups,8,0", "channel_swap,0"]) == 0
+    out = capsys.readouterr().out
+    rows = table(out)
+    matrix = np.random.RandomState(1).rand(128, 64)
+    assert list(rows)[1:5] == ["unpruned", "unstructured", "25% rows", "default 1:4"]
+    assert rows["unstructured"][0] == f"{metrics.unstructured_magnitude(matrix, 0.75):.3f}"
+    assert rows["25% rows"][0] == f"{metrics.row_bound_magnitude(matrix, '1:4'):.3f}"
+    assert rows["default 1:4"][0] == f"{metrics.kept_magnitude(matrix, pattern='1:4'):.3f}"
+    expected = search.optimize_stripe_groups(matrix, 8, 0, pattern="1:4", seed=1)
+    assert rows["optimize_stripe_groups,8,0"][:2] == [
+        f"{expected.magnitude:.3f}",
+        f"{expected.efficacy:.1f}",
+    ]
+    assert "permutation check channel_swap,0: passed" in out
+
+
+def test_pattern_default_strategy_window_follows_the_pattern(capsys):
+    argv = ["--pattern", "4:8", "--channels", "32", "--filters", "8", "--pretty_print", "0"]
+    assert main([*argv, "optimize_stripe_groups,16,0", "channel_swap,0"]) == 0
+    rows = table(capsys.readouterr().out)
+    assert "default 4:8" in rows and "50% rows" in rows
+    assert float(rows["optimize_stripe_groups,16,0"][1]) > 0
+
+
+@pytest.mark.parametrize("text", ["3:6", "4:4", "2/4", "0:8"])
+def test_bad_pattern_is_a_usage_error(text, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--pattern", text, "channel_swap,0"])
+    assert exit_info.value.code == 2
+    assert "argument --pattern:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--pattern", "8:16", "channel_swap,0", "optimize_stripe_groups,8,0"], "Use channel_swap"),
+        (["--pattern", "4:8", "optimize_stripe_groups,8,0"], "window must be 16 columns"),
+        (["--pattern", "8:16", "--channels", "24", "channel_swap,0"], "multiple of 16"),
+    ],
+)
+def test_a_strategy_or_matrix_the_pattern_cannot_take_is_one_error_before_any_row(
+    arguments, message, capsys
+):
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert len(captured.err.splitlines()) == 1

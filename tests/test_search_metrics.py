@@ -232,3 +232,166 @@ def test_partitions_are_in_canonical_order(window):
 def test_window_tables_reject_unsupported_windows(window):
     with pytest.raises(ValueError, match="window must be 4, 8, 12 or 16"):
         windows.window_tables(window)
+
+
+# --- every N:M pattern ----------------------------------------------------------
+
+PATTERNS = ["1:2", "2:4", "1:4", "3:4", "2:8", "4:8", "8:16", "15:16"]
+PATTERN_SHAPES = [(1, 16), (5, 32), (33, 48)]
+
+
+def python_kept_nm(matrix, pattern, permutation=None):
+    """Row by row, group of M by group of M: the N largest |w| of each."""
+    n, m = (int(v) for v in pattern.split(":"))
+    cols = len(matrix[0])
+    order = list(range(cols)) if permutation is None else list(permutation)
+    total = 0.0
+    for row in matrix:
+        for start in range(0, cols, m):
+            group = sorted(abs(float(row[order[c]])) for c in range(start, start + m))
+            total += sum(group[m - n :])
+    return total
+
+
+def python_row_bound(matrix, pattern):
+    """Each row keeps its largest N/M fraction, wherever those entries are."""
+    n, m = (int(v) for v in pattern.split(":"))
+    total = 0.0
+    for row in matrix:
+        ordered = sorted((abs(float(v)) for v in row), reverse=True)
+        total += sum(ordered[: len(row) * n // m])
+    return total
+
+
+@pytest.mark.parametrize("shape", PATTERN_SHAPES)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_kept_magnitude_keeps_the_n_largest_of_every_m(pattern, shape):
+    matrix = random_matrix(shape, seed=12)
+    permutation = np.random.default_rng(13).permutation(shape[1])
+    assert metrics.kept_magnitude(matrix, pattern=pattern) == pytest.approx(
+        python_kept_nm(matrix, pattern), rel=1e-12
+    )
+    assert metrics.kept_magnitude(matrix, permutation, pattern) == pytest.approx(
+        python_kept_nm(matrix, pattern, permutation), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_kept_magnitude_of_ties_keeps_exactly_n_per_group(pattern):
+    n, m = (int(v) for v in pattern.split(":"))
+    matrix = np.tile(np.array([3.0] * (m // 2) + [-3.0] * (m - m // 2)), (2, 2))
+    assert metrics.kept_magnitude(matrix, pattern=pattern) == 2 * 2 * n * 3.0
+
+
+@pytest.mark.parametrize("shape", PATTERN_SHAPES)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_row_bound_keeps_the_largest_n_over_m_of_each_row_and_bounds_every_order(pattern, shape):
+    matrix = random_matrix(shape, seed=14)
+    bound = metrics.row_bound_magnitude(matrix, pattern)
+    assert bound == pytest.approx(python_row_bound(matrix, pattern), rel=1e-12)
+    rng = np.random.default_rng(15)
+    for _ in range(10):
+        kept = metrics.kept_magnitude(matrix, rng.permutation(shape[1]), pattern)
+        assert kept <= bound + 1e-9
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_permutation_efficacy_matches_its_definition(pattern):
+    matrix = random_matrix((7, 32), seed=16)
+    permutation = np.random.default_rng(17).permutation(32)
+    identity = python_kept_nm(matrix, pattern)
+    kept = python_kept_nm(matrix, pattern, permutation)
+    bound = python_row_bound(matrix, pattern)
+    expected = 100 * (kept - identity) / (bound - identity)
+    got = metrics.permutation_efficacy(matrix, permutation, pattern)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert search.permutation_efficacy is metrics.permutation_efficacy
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_quantized_score_is_kept_magnitude_of_the_quantized_matrix_for_every_pattern(pattern):
+    matrix = random_matrix((9, 32), seed=18)
+    quantized = metrics.quantize(matrix)
+    permutation = np.random.default_rng(19).permutation(32)
+    expected = round(python_kept_nm(quantized.T.astype(np.float64), pattern, permutation))
+    assert metrics.quantized_score(quantized, permutation, pattern) == expected
+
+
+def test_2_4_is_the_default_pattern_bit_for_bit():
+    matrix = reference_matrix()
+    permutation = np.random.default_rng(20).permutation(64)
+    assert metrics.kept_magnitude(matrix, permutation) == metrics.kept_magnitude(
+        matrix, permutation, "2:4"
+    )
+    assert metrics.kept_magnitude(matrix, permutation, (2, 4)) == metrics.kept_magnitude(
+        matrix, permutation
+    )
+    assert metrics.rows_half_magnitude(matrix) == metrics.row_bound_magnitude(matrix)
+    assert metrics.row_bound_magnitude(matrix, "2:4") == metrics.row_bound_magnitude(matrix, "1:2")
+    quantized = metrics.quantize(matrix)
+    assert metrics.quantized_score(quantized, permutation) == metrics.quantized_score(
+        quantized, permutation, "2:4"
+    )
+
+
+def test_reference_matrix_bounds_per_pattern():
+    """Half of each row for 2:4, 1:2, 4:8 and 8:16; a quarter for 1:4."""
+    matrix = reference_matrix()
+    for pattern in ("2:4", "1:2", "4:8", "8:16"):
+        assert round(metrics.row_bound_magnitude(matrix, pattern), 3) == 3042.332
+    assert metrics.row_bound_magnitude(matrix, "1:4") < metrics.row_bound_magnitude(matrix, "2:4")
+    assert round(metrics.kept_magnitude(matrix, pattern="2:4"), 3) == 2852.377
+
+
+@pytest.mark.parametrize(
+    "pattern, cols, message",
+    [
+        ("8:16", 24, "24 columns; 8:16 sparsity needs a multiple of 16"),
+        ("4:8", 12, "12 columns; 4:8 sparsity needs a multiple of 8"),
+        ("1:2", 7, "7 columns; 1:2 sparsity needs a multiple of 2"),
+        ("2:4", 10, "10 columns; 2:4 sparsity needs a multiple of 4"),
+    ],
+)
+def test_check_matrix_needs_whole_groups_of_m(pattern, cols, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.check_matrix(np.ones((3, cols)), pattern=pattern)
+
+
+def test_metrics_refuse_bad_patterns():
+    with pytest.raises(ValueError, match="N must be smaller than M"):
+        metrics.kept_magnitude(np.ones((2, 8)), pattern="4:4")
+    with pytest.raises(ValueError, match="is not N:M"):
+        metrics.row_bound_magnitude(np.ones((2, 8)), "2-4")
+
+
+# --- window tables per stripe width ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "window, m, count", [(4, 2, 3), (8, 2, 105), (12, 2, 10395), (16, 8, 6435), (16, 16, 1)]
+)
+def test_window_tables_of_every_stripe_width_hold_every_partition_once(window, m, count):
+    subsets, partitions = windows.window_tables(window, m)
+    assert partitions.shape == (count, window // m) and partitions.dtype == np.int32
+    assert windows.partition_count(window, m) == count
+    assert [tuple(s) for s in subsets.tolist()] == list(itertools.combinations(range(window), m))
+    as_sets = {frozenset(frozenset(subsets[q].tolist()) for q in row) for row in partitions}
+    assert len(as_sets) == count, "two partitions split the window the same way"
+    positions = np.sort(subsets[partitions].reshape(count, -1), axis=1)
+    assert (positions == np.arange(window)).all()
+    identity = [list(range(m * k, m * k + m)) for k in range(window // m)]
+    assert subsets[partitions[0]].tolist() == identity
+    rows = [tuple(row) for row in partitions.tolist()]
+    assert rows == sorted(rows)
+
+
+def test_stripe_widths_have_their_windows():
+    assert windows.WINDOWS == {2: (8, 12, 16), 4: (8, 12, 16), 8: (16,), 16: ()}
+    assert windows.partition_count(16, 2) == 2027025
+    assert windows.partition_count(32, 16) == 300540195  # why 8:16 has no stripe groups
+
+
+@pytest.mark.parametrize("window, m", [(12, 8), (6, 4), (18, 2), (8, 3), (8, 32)])
+def test_window_tables_reject_windows_that_do_not_fit_the_stripes(window, m):
+    with pytest.raises(ValueError, match="window must be|stripe is 2, 4, 8 or 16"):
+        windows.window_tables(window, m)

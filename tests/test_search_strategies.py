@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tf_asp import search
+from tf_asp.patterns import parse_pattern
 from tf_asp.search import metrics
 from tf_asp.search import strategies
 
@@ -52,19 +53,21 @@ def assert_valid_permutation(permutation, cols):
     np.testing.assert_array_equal(np.sort(permutation), np.arange(cols))
 
 
-def assert_not_worse_than_identity(result, matrix):
+def assert_not_worse_than_identity(result, matrix, pattern="2:4"):
     # A relative 1e-12: when the identity itself comes back, the two sums may
     # differ in their last bits (see test_returning_the_identity_reports_...).
-    identity = metrics.kept_magnitude(matrix)
+    identity = metrics.kept_magnitude(matrix, None, pattern)
     assert result.magnitude >= identity * (1 - 1e-12)
 
 
-def assert_consistent(result, matrix):
+def assert_consistent(result, matrix, pattern="2:4"):
     """Every number of a SearchResult is what the metrics say of its order."""
     assert_valid_permutation(result.permutation, matrix.shape[1])
-    assert result.magnitude == metrics.kept_magnitude(matrix, result.permutation)
-    assert result.identity_magnitude == metrics.kept_magnitude(matrix)
-    assert result.bound == metrics.rows_half_magnitude(matrix)
+    assert result.pattern == parse_pattern(pattern)
+    assert result.magnitude == metrics.kept_magnitude(matrix, result.permutation, pattern)
+    identity = np.arange(matrix.shape[1])  # summed as the result's order is
+    assert result.identity_magnitude == metrics.kept_magnitude(matrix, identity, pattern)
+    assert result.bound == metrics.row_bound_magnitude(matrix, pattern)
     assert result.efficacy == metrics.efficacy(
         result.magnitude, result.identity_magnitude, result.bound
     )

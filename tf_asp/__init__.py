@@ -13,13 +13,16 @@ tf_asp.check_pruned_layers(model, check_structured=True)
 ```
 
 The Keras-facing names load TensorFlow on first use, so `tf_asp.search` (the
-permutation search and its command line) needs only NumPy.
+permutation search and its command line) needs only NumPy. When Keras (or
+tf_keras) is already imported, importing tf_asp registers its optimizer
+wrappers with it at once, so `keras.models.load_model` finds them in a
+`.keras` file; otherwise the first use of a wrapper does.
 """
 
 import importlib
+import sys
 
 from tf_asp.log import set_verbosity
-from tf_asp.registry import GemmKernel
 
 __version__ = "0.2.0"
 
@@ -31,6 +34,8 @@ _TENSORFLOW_NAMES = {
     "export_onnx": "tf_asp.export",
     "sparsity_report": "tf_asp.report",
 }
+# Public names that need only NumPy.
+_NUMPY_NAMES = {"GemmKernel": "tf_asp.registry"}
 
 TENSORFLOW_MISSING = (
     "tf_asp needs TensorFlow 2.21 with Keras 3 for {name}, and TensorFlow is "
@@ -41,6 +46,8 @@ TENSORFLOW_MISSING = (
 
 
 def __getattr__(name):
+    if name in _NUMPY_NAMES:
+        return getattr(importlib.import_module(_NUMPY_NAMES[name]), name)
     module = _TENSORFLOW_NAMES.get(name)
     if module is None:
         raise AttributeError(f"module 'tf_asp' has no attribute {name!r}")
@@ -52,7 +59,13 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_TENSORFLOW_NAMES))
+    return sorted(set(globals()) | set(_TENSORFLOW_NAMES) | set(_NUMPY_NAMES))
 
 
-__all__ = ["GemmKernel", "__version__", "set_verbosity", *sorted(_TENSORFLOW_NAMES)]
+__all__ = ["__version__", "set_verbosity", *sorted(_NUMPY_NAMES), *sorted(_TENSORFLOW_NAMES)]
+
+# Keras finds a saved optimizer's class only if it was registered before loading.
+if sys.modules.get("keras") is not None:
+    importlib.import_module("tf_asp.optimizer")
+if sys.modules.get("tf_keras") is not None:
+    importlib.import_module("tf_asp.keras2")

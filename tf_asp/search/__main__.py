@@ -4,10 +4,13 @@
         optimize_stripe_groups,8,0 optimize_stripe_groups,12,0 channel_swap,0 random,1000
     python -m tf_asp.search --infile conv_kernel.npy --print_permutation 1 \\
         optimize_stripe_groups,8,100
+    python -m tf_asp.search --pattern 4:8 optimize_stripe_groups,16,0 channel_swap,0
 
 Prints one row per strategy (magnitude kept, efficacy, duration) after the
-reference rows: unpruned, unstructured 50%, each row's largest half (the
-bound, efficacy 100) and the default order (efficacy 0).
+reference rows: unpruned, unstructured at the pattern's sparsity, each row's
+largest N/M fraction (the bound, efficacy 100: "50% rows" for 2:4) and the
+default order (efficacy 0). `--pattern N:M` (default 2:4) is what the mask
+keeps: every row and strategy is measured for it.
 """
 
 import argparse
@@ -18,11 +21,14 @@ import sys
 import numpy as np
 
 from tf_asp.log import set_verbosity
+from tf_asp.patterns import DEFAULT_PATTERN
+from tf_asp.patterns import parse_pattern
 from tf_asp.search import DEVICES
 from tf_asp.search import as_search_matrix
 from tf_asp.search import find_permutation
 from tf_asp.search import metrics
 from tf_asp.search import parse_strategy
+from tf_asp.search.strategies import stripe_group_window
 
 
 def _flag(text):
@@ -33,6 +39,13 @@ def _flag(text):
     if value in ("0", "false", "no", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected 1 or 0, got {text!r}")
+
+
+def _pattern(text):
+    try:
+        return parse_pattern(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _strategy(text):
@@ -46,7 +59,8 @@ def _strategy(text):
 def parser():
     p = argparse.ArgumentParser(
         prog="python -m tf_asp.search",
-        description="Search channel permutations that make 2:4 pruning keep more magnitude.",
+        description="Search channel permutations that make N:M (default 2:4) pruning keep "
+        "more magnitude.",
     )
     p.add_argument(
         "--infile",
@@ -54,6 +68,12 @@ def parser():
         help=".npy file: a 2-D matrix (rows = outputs, columns = input channels; "
         "save a Keras Dense kernel (C, K) transposed) or a 4-D TensorFlow "
         "Conv2D kernel (H, W, C, K), reshaped to (K*H*W, C); default: random",
+    )
+    p.add_argument(
+        "--pattern",
+        type=_pattern,
+        default=DEFAULT_PATTERN,
+        help="N:M: keep N of every M input channels (2:4, 1:2, or M = 4, 8, 16; default 2:4)",
     )
     p.add_argument("--channels", type=int, default=64, help="columns of the random matrix")
     p.add_argument("--filters", type=int, default=128, help="rows of the random matrix")
@@ -69,7 +89,7 @@ def parser():
         type=float,
         default=0.0,
         help="prune this fraction of the smallest weights first; a negative value "
-        "searches the smallest sparsity each strategy turns into 2:4 losslessly",
+        "searches the smallest sparsity each strategy turns into N:M losslessly",
     )
     p.add_argument(
         "--device",
@@ -102,6 +122,13 @@ def parser():
     return p
 
 
+def check_strategy(text, pattern):
+    """A ValueError if strategy `text` cannot search for `pattern`."""
+    function, options = parse_strategy(text, pattern)
+    if "window" in options:
+        stripe_group_window(options["window"], pattern)
+
+
 def load_matrix(args):
     if args.infile == "random":
         if args.channels <= 0 or args.filters <= 0:
@@ -128,10 +155,10 @@ def prune_unstructured(matrix, sparsity):
     return pruned.reshape(matrix.shape)
 
 
-def minimum_lossless_sparsity(matrix, run, steps=12):
-    """The smallest unstructured sparsity (within 2**-steps of [0.5, 1)) that
-    `run` turns into 2:4 without losing magnitude, by bisection."""
-    low, high = 0.5, 1.0
+def minimum_lossless_sparsity(matrix, run, pattern, steps=12):
+    """The smallest unstructured sparsity (within 2**-steps of [1 - N/M, 1))
+    that `run` turns into N:M without losing magnitude, by bisection."""
+    low, high = 1 - pattern.density, 1.0
     for _ in range(steps):
         middle = (low + high) / 2
         pruned = prune_unstructured(matrix, middle)
@@ -143,7 +170,7 @@ def minimum_lossless_sparsity(matrix, run, steps=12):
     return high
 
 
-def intermediate_permutations(matrix, permutation, steps):
+def intermediate_permutations(matrix, permutation, steps, pattern):
     """`steps` permutations between identity and `permutation` whose kept
     magnitudes divide the gain most evenly: swaps walk from one to the other,
     and the orders closest to each target are kept."""
@@ -156,17 +183,18 @@ def intermediate_permutations(matrix, permutation, steps):
             position[current[i]], position[current[j]] = j, i
             current[[i, j]] = current[[j, i]]
             path.append(current.copy())
-    kept = np.array([metrics.kept_magnitude(matrix, p) for p in path])
+    kept = np.array([metrics.kept_magnitude(matrix, p, pattern) for p in path])
     targets = np.linspace(kept[0], kept[-1], steps + 2)[1:-1]
     return [(float(kept[k]), path[k]) for k in (int(np.argmin(np.abs(kept - t))) for t in targets)]
 
 
 def check_permutation(matrix, result):
     """True if the permuted matrix is a column permutation of `matrix` that
-    keeps the reported magnitude."""
+    keeps the reported magnitude (for the result's pattern)."""
     permuted = matrix[:, result.permutation]
     same_columns = sorted(map(bytes, matrix.T.copy())) == sorted(map(bytes, permuted.T.copy()))
-    return same_columns and np.isclose(metrics.kept_magnitude(permuted), result.magnitude)
+    kept = metrics.kept_magnitude(permuted, pattern=result.pattern)
+    return same_columns and np.isclose(kept, result.magnitude)
 
 
 class Table:
@@ -192,7 +220,9 @@ def main(argv=None):
     if args.verbosity >= 11:
         set_verbosity(logging.DEBUG if args.verbosity >= 20 else logging.INFO)
     try:
-        matrix = metrics.check_matrix(load_matrix(args), name="input matrix")
+        for strategy in args.strategy:  # before any row is printed
+            check_strategy(strategy, args.pattern)
+        matrix = metrics.check_matrix(load_matrix(args), name="input matrix", pattern=args.pattern)
         if args.unstructured > 0:
             matrix = prune_unstructured(matrix, args.unstructured)
         run_all(args, matrix)
@@ -204,29 +234,36 @@ def main(argv=None):
 
 def run_all(args, matrix):
     table = Table(args.pretty_print)
-    identity = metrics.kept_magnitude(matrix)
-    bound = metrics.rows_half_magnitude(matrix)
+    pattern = args.pattern
+    identity = metrics.kept_magnitude(matrix, pattern=pattern)
+    bound = metrics.row_bound_magnitude(matrix, pattern)
+    unstructured = metrics.unstructured_magnitude(matrix, 1 - pattern.density)
     table.row("strategy", "magnitude", "efficacy", "duration")
     table.row("unpruned", f"{np.abs(matrix).sum():.3f}", "-", "-")
-    table.row("unstructured", f"{metrics.unstructured_magnitude(matrix):.3f}", "-", "-")
-    table.row("50% rows", f"{bound:.3f}", "100.0", "-")
-    table.row("default 2:4", f"{identity:.3f}", "0.0", "0.000")
+    table.row("unstructured", f"{unstructured:.3f}", "-", "-")
+    table.row(f"{100 * pattern.density:g}% rows", f"{bound:.3f}", "100.0", "-")
+    table.row(f"default {pattern}", f"{identity:.3f}", "0.0", "0.000")
     ok = True
     for strategy in args.strategy:
 
         def run(m, strategy=strategy):
             return find_permutation(
-                m, strategy, device=args.device, time_limit=args.time_limit, seed=args.seed
+                m,
+                strategy,
+                device=args.device,
+                time_limit=args.time_limit,
+                seed=args.seed,
+                pattern=pattern,
             )
 
         if args.unstructured < 0:
-            sparsity = minimum_lossless_sparsity(matrix, run)
+            sparsity = minimum_lossless_sparsity(matrix, run, pattern)
             table.row(strategy, "-", "-", f"{sparsity:.4f}")
             continue
         result = run(matrix)
         if args.intermediate_steps > 0:
             for kept, permutation in intermediate_permutations(
-                matrix, result.permutation, args.intermediate_steps
+                matrix, result.permutation, args.intermediate_steps, pattern
             ):
                 print(f"({kept:.4f}, {permutation.tolist()})")
         note = " (time limit)" if result.timed_out else ""

@@ -17,6 +17,7 @@ import os
 import warnings
 
 from tf_asp.log import logger
+from tf_asp.patterns import DEFAULT_PATTERN
 from tf_asp.search.native import KernelLibraryError
 from tf_asp.search.native import library_path
 from tf_asp.search.native import load_library
@@ -30,8 +31,8 @@ class NumpyBackend:
 
     backend = "numpy"
 
-    def search(self, magnitudes, window=0, tables=None):
-        return contextlib.closing(ReferenceSearch(magnitudes, window, tables))
+    def search(self, magnitudes, window=0, tables=None, pattern=DEFAULT_PATTERN):
+        return contextlib.closing(ReferenceSearch(magnitudes, window, tables, pattern))
 
 
 def check_device(device, name="device"):

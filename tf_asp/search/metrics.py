@@ -1,26 +1,34 @@
-"""What a 2:4 mask keeps of a matrix, the bound a permutation cannot beat,
-and the efficacy of a permutation (docs/design.md: "Conventions").
+"""What an N:M mask keeps of a matrix, the bound a permutation cannot beat,
+and the efficacy of a permutation (docs/design.md: "Conventions", for any pattern).
 
-A matrix has one row per output value and one column per input channel; a
-2:4 mask keeps, in every row, the 2 largest magnitudes of each 4 consecutive
-columns. All functions are vectorized.
+A matrix has one row per output value and one column per input channel; an
+N:M mask keeps, in every row, the N largest magnitudes of each M consecutive
+columns (a *stripe*). Every function takes the pattern (default 2:4) as
+`"N:M"`, an `(n, m)` pair or a `tf_asp.patterns.Pattern`. All are vectorized.
 
 ```python
 m = np.random.RandomState(1).rand(128, 64)
-kept_magnitude(m)            # 2852.377: the default order
-rows_half_magnitude(m)       # 3042.332: each row keeps its largest half
-efficacy(2919.759, kept_magnitude(m), rows_half_magnitude(m))   # 35.5
+kept_magnitude(m)            # 2852.377: the default order, 2:4
+row_bound_magnitude(m)       # 3042.332: each row keeps its largest half
+efficacy(2919.759, kept_magnitude(m), row_bound_magnitude(m))   # 35.5
+kept_magnitude(m, pattern="4:8"), row_bound_magnitude(m, "4:8")
 ```
 """
 
 import numpy as np
 
-# Quantized magnitudes are at most this (the kernels' SS_MAX_MAGNITUDE).
+from tf_asp.patterns import DEFAULT_PATTERN
+from tf_asp.patterns import TWO_FOUR
+from tf_asp.patterns import parse_pattern
+
+# Quantized magnitudes are at most this (the kernels' SS_MAX_MAGNITUDE),
+# whatever the pattern: the kernels size their 32-bit row blocks to N.
 MAX_QUANTIZED = 1 << 22
 
 
-def check_matrix(matrix, name="matrix"):
+def check_matrix(matrix, name="matrix", pattern=DEFAULT_PATTERN):
     """`matrix` as a float64 (rows, C) array, or a ValueError saying why not."""
+    pattern = parse_pattern(pattern)
     array = np.asarray(matrix)
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
@@ -33,9 +41,10 @@ def check_matrix(matrix, name="matrix"):
         )
     if array.size == 0:
         raise ValueError(f"The {name} is empty (shape {array.shape}).")
-    if array.shape[1] % 4:
+    if array.shape[1] % pattern.m:
         raise ValueError(
-            f"The {name} has {array.shape[1]} columns; 2:4 sparsity needs a multiple of 4."
+            f"The {name} has {array.shape[1]} columns; {pattern} sparsity needs a multiple "
+            f"of {pattern.m}."
         )
     array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
@@ -53,20 +62,39 @@ def stripe_top2(values):
     )
 
 
-def kept_magnitude(matrix, permutation=None):
-    """Sum of |w| that a 2:4 mask keeps, columns optionally permuted first."""
+def stripe_kept(values, pattern=DEFAULT_PATTERN):
+    """Sum of the N largest of the M entries of the last axis (a stripe's row)."""
+    pattern = parse_pattern(pattern)
+    if pattern == TWO_FOUR:
+        return stripe_top2(values)
+    if pattern.n == 1:
+        return values.max(axis=-1)
+    return np.sort(values, axis=-1)[..., pattern.m - pattern.n :].sum(axis=-1)
+
+
+def kept_magnitude(matrix, permutation=None, pattern=DEFAULT_PATTERN):
+    """Sum of |w| that an N:M mask keeps, columns optionally permuted first."""
+    pattern = parse_pattern(pattern)
     magnitudes = np.abs(np.asarray(matrix, dtype=np.float64))
     if permutation is not None:
         magnitudes = magnitudes[:, np.asarray(permutation)]
     rows, cols = magnitudes.shape
-    return float(stripe_top2(magnitudes.reshape(rows, cols // 4, 4)).sum())
+    stripes = magnitudes.reshape(rows, cols // pattern.m, pattern.m)
+    return float(stripe_kept(stripes, pattern).sum())
+
+
+def row_bound_magnitude(matrix, pattern=DEFAULT_PATTERN):
+    """Upper bound of any permutation: each row keeps its largest N/M fraction
+    (`pattern.kept(C)` of its C entries), wherever they are."""
+    pattern = parse_pattern(pattern)
+    magnitudes = np.abs(np.asarray(matrix, dtype=np.float64))
+    dropped = magnitudes.shape[1] - pattern.kept(magnitudes.shape[1])
+    return float(np.sort(magnitudes, axis=1)[:, dropped:].sum())
 
 
 def rows_half_magnitude(matrix):
-    """Upper bound of any permutation: each row keeps its largest half."""
-    magnitudes = np.abs(np.asarray(matrix, dtype=np.float64))
-    half = magnitudes.shape[1] // 2
-    return float(np.sort(magnitudes, axis=1)[:, half:].sum())
+    """The 2:4 (and 1:2) bound: each row keeps its largest half."""
+    return row_bound_magnitude(matrix, TWO_FOUR)
 
 
 def unstructured_magnitude(matrix, sparsity=0.5):
@@ -76,9 +104,27 @@ def unstructured_magnitude(matrix, sparsity=0.5):
 
 
 def efficacy(kept, identity_kept, bound):
-    """100 * (kept - identity) / (bound - identity); 0 when there is no room."""
+    """100 * (kept - identity) / (bound - identity); 0 when there is no room.
+
+    The three magnitudes come from the same pattern's `kept_magnitude` and
+    `row_bound_magnitude`; `permutation_efficacy` computes them all.
+    """
     room = bound - identity_kept
     return 0.0 if room <= 0 else 100.0 * (kept - identity_kept) / room
+
+
+def permutation_efficacy(matrix, permutation, pattern=DEFAULT_PATTERN):
+    """The efficacy of a column order of `matrix` for `pattern`.
+
+    ```python
+    permutation_efficacy(m, result.permutation, "2:4")   # == result.efficacy
+    ```
+    """
+    return efficacy(
+        kept_magnitude(matrix, permutation, pattern),
+        kept_magnitude(matrix, None, pattern),
+        row_bound_magnitude(matrix, pattern),
+    )
 
 
 def quantize(matrix):
@@ -86,6 +132,7 @@ def quantize(matrix):
 
     The kernels add these exactly in int64, so every backend computes the
     same scores whatever its summation order, and makes the same choices.
+    The scale does not depend on the pattern.
     """
     magnitudes = np.abs(np.asarray(matrix, dtype=np.float64))
     largest = magnitudes.max()
@@ -93,8 +140,9 @@ def quantize(matrix):
     return np.ascontiguousarray(np.rint(magnitudes * scale).astype(np.int32).T)
 
 
-def quantized_score(magnitudes, permutation):
+def quantized_score(magnitudes, permutation, pattern=DEFAULT_PATTERN):
     """The kernels' score of a permutation: `kept_magnitude` on quantized data."""
+    pattern = parse_pattern(pattern)
     columns = magnitudes[np.asarray(permutation)]
-    stripes = columns.reshape(-1, 4, columns.shape[1]).transpose(0, 2, 1)
-    return int(stripe_top2(stripes).sum(dtype=np.int64))
+    stripes = columns.reshape(-1, pattern.m, columns.shape[1]).transpose(0, 2, 1)
+    return int(stripe_kept(stripes, pattern).sum(dtype=np.int64))

@@ -2,13 +2,13 @@
 
 `load_library("CPU")` or `load_library("CUDA")` opens the compiled library
 from `tf_asp/_lib/`, checks its ABI version and returns a `NativeLibrary`;
-`NativeLibrary.search(...)` returns a `NativeSearch` with the same methods as
-`reference.ReferenceSearch`. A missing, stale or broken library raises
-`KernelLibraryError`, which says how to rebuild it.
+`NativeLibrary.search(...)` returns a `NativeSearch` with the same methods
+and arguments as `reference.ReferenceSearch`. A missing, stale or broken
+library raises `KernelLibraryError`, which says how to rebuild it.
 
 ```python
 library = load_library("CPU")
-with library.search(quantize(matrix), window=8) as search:
+with library.search(quantize(matrix), window=16, pattern="4:8") as search:
     improvements, best = search.stripe_groups(permutation, groups)
 ```
 """
@@ -18,9 +18,11 @@ import os
 
 import numpy as np
 
+from tf_asp.patterns import DEFAULT_PATTERN
+from tf_asp.patterns import parse_pattern
 from tf_asp.search.windows import window_tables
 
-ABI_VERSION = 2  # kernels/structured_sparsity.h: SS_ABI_VERSION
+ABI_VERSION = 3  # kernels/structured_sparsity.h: SS_ABI_VERSION
 LIBRARY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_lib")
 LIBRARY_FILES = {"CPU": "libtf_asp_search_cpu.so", "CUDA": "libtf_asp_search_cuda.so"}
 REBUILD_HINT = "Rebuild it with `python kernels/build.py` (or reinstall tf_asp)."
@@ -73,6 +75,8 @@ class NativeLibrary:
             ctypes.c_int64,
             ctypes.c_int64,
             ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_int32,
             ctypes.c_void_p,
             ctypes.c_int32,
             ctypes.c_void_p,
@@ -100,26 +104,29 @@ class NativeLibrary:
             message = self._lib.ss_status_string(status).decode()
             raise KernelLibraryError(f"{self.backend} search kernel {what} failed: {message}.")
 
-    def search(self, magnitudes, window=0, tables=None):
-        return NativeSearch(self, magnitudes, window, tables)
+    def search(self, magnitudes, window=0, tables=None, pattern=DEFAULT_PATTERN):
+        return NativeSearch(self, magnitudes, window, tables, pattern)
 
 
 class NativeSearch:
     """A search's data on the library's device, and its two kernels."""
 
-    def __init__(self, library, magnitudes, window=0, tables=None):
+    def __init__(self, library, magnitudes, window=0, tables=None, pattern=DEFAULT_PATTERN):
         self.library = library
         self.backend = library.backend
+        self.pattern = parse_pattern(pattern)
         self.window = window
         magnitudes = np.ascontiguousarray(magnitudes, dtype=np.int32)
         self.cols, rows = magnitudes.shape
         if window:
-            quads, partitions = tables if tables is not None else window_tables(window)
-            self.quads = np.ascontiguousarray(quads, dtype=np.int32)
+            subsets, partitions = (
+                tables if tables is not None else window_tables(window, self.pattern.m)
+            )
+            self.subsets = np.ascontiguousarray(subsets, dtype=np.int32)
             self.partitions = np.ascontiguousarray(partitions, dtype=np.int32)
             tables_args = (
-                self.quads.ctypes.data,
-                len(self.quads),
+                self.subsets.ctypes.data,
+                len(self.subsets),
                 self.partitions.ctypes.data,
                 len(self.partitions),
             )
@@ -127,7 +134,14 @@ class NativeSearch:
             tables_args = (None, 0, None, 0)
         handle = ctypes.c_void_p()
         status = library._lib.ss_search_create(
-            magnitudes, rows, self.cols, window, *tables_args, ctypes.byref(handle)
+            magnitudes,
+            rows,
+            self.cols,
+            self.pattern.n,
+            self.pattern.m,
+            window,
+            *tables_args,
+            ctypes.byref(handle),
         )
         library.check(status, "ss_search_create")
         self._handle = handle
