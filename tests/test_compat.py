@@ -57,9 +57,58 @@ def test_wrapped_flag_round_trip():
     assert compat.is_wrapped(optimizer)
 
 
-def test_a_traced_function_captures_the_variable_handle():
-    model = nested_model()
-    spec = tf.TensorSpec((2, 10, 64))
-    function = tf.function(lambda x: model(x)).get_concrete_function(spec)
+STRATEGIES = {
+    "default": tf.distribute.get_strategy,
+    "one_device": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
+    "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_traced_function_captures_one_handle_of_each_variable(strategy):
+    with STRATEGIES[strategy]().scope():
+        model = nested_model()
+        spec = tf.TensorSpec((2, 10, 64))
+        function = tf.function(lambda x: model(x)).get_concrete_function(spec)
     captured = {id(t) for t in function.captured_inputs}
-    assert all(id(compat.variable_handle(v)) in captured for v in model.variables)
+    for variable in model.variables:
+        handles = compat.variable_handles(variable)
+        assert sum(id(h) in captured for h in handles) == 1, variable.path
+
+
+def test_tf_variable_is_the_tensorflow_variable_behind_a_keras_one():
+    variable = keras.Variable(1.0)
+    assert isinstance(compat.tf_variable(variable), tf.Variable)
+    plain = tf.Variable(1.0)
+    assert compat.tf_variable(plain) is plain
+
+
+def test_mirrored_single_device_and_other_variables_are_told_apart():
+    def kind(variable):
+        return compat.is_mirrored_variable(variable), compat.is_single_device_variable(variable)
+
+    kinds = {}
+    for name, strategy in STRATEGIES.items():
+        with strategy().scope():
+            kinds[name] = kind(keras.Variable(1.0))
+    with STRATEGIES["mirrored"]().scope():
+        # One value per replica, summed when read: not mirrored.
+        kinds["sync_on_read"] = kind(
+            keras.Variable(1.0, synchronization="on_read", aggregation="sum")
+        )
+    assert kinds == {
+        "default": (False, True),
+        "one_device": (False, True),
+        "mirrored": (True, False),
+        "sync_on_read": (False, False),
+    }
+
+
+def test_optimizer_strategy_is_the_scope_it_was_created_in():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        inside = keras.optimizers.SGD()
+    outside = keras.optimizers.SGD()
+    assert compat.optimizer_strategy(inside) is strategy
+    assert compat.optimizer_strategy(outside) is tf.distribute.get_strategy()
+

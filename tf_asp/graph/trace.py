@@ -48,7 +48,7 @@ class OpGraph:
         self.ops = list(function.graph.get_operations())
         self.inputs = list(function.graph.inputs[: len(sample_inputs)])
         self.outputs = list(function.graph.outputs)
-        variables = {id(compat.variable_handle(v)): v for v in model.variables}
+        variables = {id(h): v for v in model.variables for h in compat.variable_handles(v)}
         self._variables = {}
         captures = zip(function.graph.internal_captures, function.captured_inputs)
         for internal, external in captures:
