@@ -5,6 +5,7 @@ import warnings
 import keras
 
 from tf_asp import compat
+from tf_asp import distribute
 from tf_asp import pruning
 
 
@@ -99,6 +100,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         )
         if model is None and masked_variables is None:
             raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
+        if model is not None:
+            _check_model(model)
+            distribute.check_strategy(model, optimizer)
+            distribute.check_workers_agree(model)
 
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
@@ -109,8 +114,9 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         self._input_axes = None  # id(kernel) -> its input axes, once known
 
         if model is not None:
-            _check_model(model)
             plan = pruning.prepare(model, options)
+            if options.permute:
+                distribute.check_workers_agree(model, permuted=True)
             self.permutation_summary = plan.summary
             self._input_axes = plan.input_axes
             masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
