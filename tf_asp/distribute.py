@@ -69,9 +69,9 @@ def check_strategy(model, optimizer):
                 )
         elif not compat.is_single_device_variable(variable):
             raise ValueError(
-                f"Model '{model.name}' holds {variable.path} as a "
-                f"{type(compat.tf_variable(variable)).__name__}, which is not mirrored. "
-                f"{SUPPORTED} Nothing was changed."
+                f"Variable {variable.path} of model '{model.name}' is not mirrored "
+                f"({type(compat.tf_variable(variable)).__name__}). {SUPPORTED} "
+                "Nothing was changed."
             )
         elif isinstance(strategy, _MIRRORED):
             raise ValueError(
@@ -115,28 +115,29 @@ def check_workers_agree(model, permuted=False):
 def replica_digests(variables, multi_worker_only=False):
     """The SHA-256 of `variables` as each replica holds them (hex, replica order).
 
-    Each local replica hashes its own components of the variables; under a
-    multi-worker strategy the other workers' digests are gathered (a
-    collective: every worker must call this at the same point). With
-    `multi_worker_only=True`, a single process returns `[]` without hashing.
+    The replicas are those of the strategy that mirrors the variables (one,
+    for single-device variables). Each local replica hashes its own
+    components; under a multi-worker strategy the other workers' digests are
+    gathered: a collective, so every worker must call this at the same point.
+    With `multi_worker_only=True`, a single process returns `[]` unhashed.
 
     ```python
-    digests = replica_digests(model.trainable_variables)
+    digests = replica_digests(model.weights + optimizer.masks)
     assert len(set(digests)) == 1  # every replica holds the same bits
     ```
     """
-    strategy = tf.distribute.get_strategy()
-    scoped = tf.distribute.has_strategy()  # the default strategy lists no devices
-    local_replicas = len(strategy.extended.worker_devices) if scoped else 1
-    multi_worker = strategy.num_replicas_in_sync > local_replicas
+    variables = list(variables)
+    mirrored = [compat.tf_variable(v) for v in variables if compat.is_mirrored_variable(v)]
+    strategy = mirrored[0].distribute_strategy if mirrored else None
+    local_replicas = len(strategy.extended.worker_devices) if strategy else 1
+    multi_worker = strategy is not None and strategy.num_replicas_in_sync > local_replicas
     if multi_worker_only and not multi_worker:
         return []
     digests = [hashlib.sha256() for _ in range(local_replicas)]
     for variable in variables:
-        components = strategy.experimental_local_results(compat.tf_variable(variable))
-        if len(components) == 1:
-            components = components * local_replicas
-        for digest, component in zip(digests, components):
+        value = compat.tf_variable(variable)
+        components = value.values if compat.is_mirrored_variable(variable) else None
+        for digest, component in zip(digests, components or [value] * local_replicas):
             digest.update(np.ascontiguousarray(component.numpy()).tobytes())
     local = np.stack([np.frombuffer(d.digest(), np.uint8) for d in digests]).astype(np.int32)
     if multi_worker:
