@@ -10,8 +10,8 @@ code cannot make true by itself is checked here, before anything is written:
   is built in, and the wrapped optimizer was created in that scope too
   (`check_strategy`);
 - on a multi-worker job, every worker holds the same trainable weights when
-  it wraps, and after it permutes (`check_workers_agree`): one collective of
-  32 bytes per worker, no broadcast of weights.
+  it wraps, and after it permutes (`check_workers_agree`): two gathers of 32
+  bytes per replica, no broadcast of weights.
 
 ```python
 with strategy.scope():
@@ -90,8 +90,8 @@ def check_workers_agree(model, permuted=False):
     """On a multi-worker strategy, raises a ValueError unless every worker holds
     the same trainable weights; elsewhere does nothing.
 
-    Every worker must call it at the same point (it is a collective).
-    `permuted`: the weights were just permuted (the message names the cause).
+    A wrapper calls it before and after permutation (`permuted=True`, which
+    names the causes), on every worker: it is a collective.
     """
     digests = set(replica_digests(model.trainable_variables, multi_worker_only=True))
     if len(digests) <= 1:
@@ -106,9 +106,10 @@ def check_workers_agree(model, permuted=False):
         )
     raise ValueError(
         f"The workers permuted model '{model.name}' differently from the same weights: "
-        "a permutation search stopped at search_time_limit on some worker. Pass "
-        "search_time_limit=None (or one no worker reaches). Each worker's model is "
-        "permuted, and still computes what it computed before."
+        "they wrapped it with different arguments (permute, padding), or a permutation "
+        "search stopped at search_time_limit on some worker. Wrap with the same "
+        "arguments everywhere, and search_time_limit=None (or one no worker reaches). "
+        "Every worker's model still computes what it did, but their weights now differ."
     )
 
 

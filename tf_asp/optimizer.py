@@ -115,8 +115,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
 
         if model is not None:
             plan = pruning.prepare(model, options)
-            if options.permute:
-                distribute.check_workers_agree(model, permuted=True)
+            distribute.check_workers_agree(model, permuted=True)  # even unpermuted: a collective
             self.permutation_summary = plan.summary
             self._input_axes = plan.input_axes
             masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
