@@ -28,6 +28,11 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     optimizer's slots (momentum, Adam moments) hold. The masks are optimizer
     variables, saved and restored with checkpoints and `.keras` files.
 
+    Under `MirroredStrategy` or `MultiWorkerMirroredStrategy`, build it inside
+    the `strategy.scope()` the model and `optimizer` were created in: every
+    replica then permutes and masks the same weights alike, with no broadcast
+    (`tf_asp.distribute` checks what it relies on).
+
     Args:
         optimizer: the `keras.optimizers.Optimizer` to wrap (SGD, Adam,
             AdamW, RMSprop, ...). It does the actual updates.
