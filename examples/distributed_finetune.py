@@ -28,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -72,7 +73,7 @@ def fine_tune(steps, batch_size, weights=None, output_dir=None):
     """One worker's work; every worker of the cluster runs it."""
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     resolver = strategy.cluster_resolver
-    worker, workers = resolver.task_id, strategy.num_replicas_in_sync
+    worker, workers = resolver.task_id, resolver.cluster_spec().num_tasks("worker")
     with strategy.scope():
         model = build_model()
         if weights:
@@ -127,16 +128,23 @@ def report(line):
     sys.stdout.flush()
 
 
-def launch_local_workers(count, argv, timeout):
-    """Runs this script as `count` workers on 127.0.0.1; True if all succeed."""
+def launch_local_workers(count, arguments, timeout):
+    """Runs this script with `arguments` as `count` workers on 127.0.0.1; True
+    if all succeed. Stops them all when one fails or `timeout` seconds pass."""
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(count)]}
     workers = []
     try:
         for index in range(count):
             config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
             env = dict(os.environ, TF_CONFIG=json.dumps(config))
-            workers.append(subprocess.Popen([sys.executable, __file__, *argv], env=env))
-        return all(worker.wait(timeout=timeout) == 0 for worker in workers)
+            workers.append(subprocess.Popen([sys.executable, __file__, *arguments], env=env))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            codes = [worker.poll() for worker in workers]
+            if None not in codes or any(codes):  # all ended, or one failed
+                return codes == [0] * count
+            time.sleep(0.5)
+        return False
     finally:
         for worker in workers:
             if worker.poll() is None:
@@ -158,14 +166,19 @@ def main(argv=None):
     parser.add_argument("--output_dir", default=None, help="where worker 0 saves model.keras")
     parser.add_argument("--local_workers", type=int, default=0, help="start N workers here")
     parser.add_argument("--timeout", type=float, default=600, help="seconds (local workers)")
-    args, rest = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1:
+        parser.error("--steps and --batch_size must be positive")
     if args.local_workers:
-        forwarded = [a for a in (argv or sys.argv[1:]) if not a.startswith("--local_workers")]
-        ok = launch_local_workers(args.local_workers, forwarded, args.timeout)
-    else:
-        if "TF_CONFIG" not in os.environ:
-            parser.error("set TF_CONFIG for this worker, or pass --local_workers N")
+        arguments = ["--steps", str(args.steps), "--batch_size", str(args.batch_size)]
+        for option in ("weights", "output_dir"):
+            if getattr(args, option):
+                arguments += [f"--{option}", getattr(args, option)]
+        ok = launch_local_workers(args.local_workers, arguments, args.timeout)
+    elif "TF_CONFIG" in os.environ:
         ok = fine_tune(args.steps, args.batch_size, args.weights, args.output_dir)
+    else:
+        parser.error("set TF_CONFIG for this worker, or pass --local_workers N")
     sys.exit(0 if ok else 1)
 
 

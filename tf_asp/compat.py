@@ -116,9 +116,10 @@ def is_mirrored_variable(variable):
 def is_single_device_variable(variable):
     """True when a variable is a plain resource variable on one device.
 
-    `tf.Variable` is also the base of ParameterServerStrategy's and
-    CentralStorageStrategy's aggregating and caching variables; TensorFlow
-    exports no narrower type than `resource_variable_ops.ResourceVariable`.
+    A plain `tf.Variable` is a `ResourceVariable`, a type TensorFlow does not
+    export (`tensorflow.python.ops.resource_variable_ops`); `tf.Variable` itself
+    is also the base of ParameterServerStrategy's and CentralStorageStrategy's
+    aggregating and caching variables.
     """
     from tensorflow.python.ops import resource_variable_ops
 

@@ -140,7 +140,8 @@ def replica_digests(variables, multi_worker_only=False):
         components = value.values if compat.is_mirrored_variable(variable) else None
         for digest, component in zip(digests, components or [value] * local_replicas):
             digest.update(np.ascontiguousarray(component.numpy()).tobytes())
-    local = np.stack([np.frombuffer(d.digest(), np.uint8) for d in digests]).astype(np.int32)
+    # Bytes as float32 (exact), a dtype every device's collectives gather.
+    local = np.stack([np.frombuffer(d.digest(), np.uint8) for d in digests]).astype(np.float32)
     if multi_worker:
         local = _gather(strategy, local).numpy()
     return [bytes(row.astype(np.uint8)).hex() for row in local.reshape(-1, _DIGEST_BYTES)]
