@@ -111,4 +111,3 @@ def test_optimizer_strategy_is_the_scope_it_was_created_in():
     outside = keras.optimizers.SGD()
     assert compat.optimizer_strategy(inside) is strategy
     assert compat.optimizer_strategy(outside) is tf.distribute.get_strategy()
-
