@@ -3,9 +3,13 @@
 Trains the same ResNet-style convnet on 32x32 inputs with `model.fit`, once
 with a bare SGD-with-momentum optimizer and once wrapped, and prints the
 median step time of each and their ratio. The first epoch (tracing and
-compilation) is not timed.
+compilation) is not timed. The two train in alternating chunks of `--chunk`
+steps, so that both see the same load on a shared machine. With `--mirrored`,
+both train under MirroredStrategy over two logical CPU devices (the global
+batch split in two).
 
     python benchmarks/overhead.py --steps 50 --batch_size 64
+    python benchmarks/overhead.py --mirrored
 """
 
 import argparse
@@ -17,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import tensorflow as tf
 from machine import cpu_name
 
 import tf_asp
@@ -52,30 +57,57 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def median_step_time(wrapped, steps, batch_size, seed=0):
+def compiled_model(wrapped, batch_size, seed=0, strategy=None):
+    """The convnet compiled with bare or wrapped SGD, its first epoch (tracing
+    and compilation) done."""
     keras.utils.set_random_seed(seed)
-    model = resnet_style_convnet()
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    if wrapped:
-        optimizer = tf_asp.AspOptimizerWrapperV2(optimizer, model, permute=False)
-    model.compile(optimizer=optimizer, loss="mse")
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = resnet_style_convnet()
+        optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+        if wrapped:
+            optimizer = tf_asp.AspOptimizerWrapperV2(optimizer, model, permute=False)
+        model.compile(optimizer=optimizer, loss="mse")
+    model.fit(*data(2 * batch_size, seed), batch_size=batch_size, verbose=0)
+    return model
+
+
+def median_step_times(steps, batch_size, chunk=5, seed=0, strategy=None):
+    """Median step time of the bare and the wrapped optimizer, trained in
+    alternating chunks of `chunk` steps."""
+    models = [compiled_model(wrapped, batch_size, seed, strategy) for wrapped in (False, True)]
+    timers = [StepTimer(), StepTimer()]
+    x, y = data(chunk * batch_size, seed)
+    for _ in range(-(-steps // chunk)):
+        for model, timer in zip(models, timers):
+            model.fit(x, y, batch_size=batch_size, verbose=0, callbacks=[timer])
+    return [statistics.median(timer.times) for timer in timers]
+
+
+def data(samples, seed):
     rng = np.random.default_rng(seed)
-    x = rng.random((steps * batch_size, 32, 32, 3), dtype=np.float32)
-    y = rng.random((steps * batch_size, 16), dtype=np.float32)
-    model.fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, verbose=0)
-    timer = StepTimer()
-    model.fit(x, y, batch_size=batch_size, verbose=0, callbacks=[timer])
-    return statistics.median(timer.times)
+    x = rng.random((samples, 32, 32, 3), dtype=np.float32)
+    return x, rng.random((samples, 16), dtype=np.float32)
+
+
+def mirrored_strategy():
+    """MirroredStrategy over two logical CPU devices (made before TensorFlow
+    initialises: call it first)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--chunk", type=int, default=5, help="steps per alternation")
+    parser.add_argument("--mirrored", action="store_true", help="MirroredStrategy, 2 CPUs")
     args = parser.parse_args()
-    bare = median_step_time(False, args.steps, args.batch_size)
-    wrapped = median_step_time(True, args.steps, args.batch_size)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores")
+    strategy = mirrored_strategy() if args.mirrored else None
+    bare, wrapped = median_step_times(args.steps, args.batch_size, args.chunk, 0, strategy)
+    where = ", MirroredStrategy over 2 logical CPU devices" if args.mirrored else ""
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores{where}")
     print(f"{'optimizer':<28}{'median step (ms)':>18}")
     print(f"{'SGD(momentum=0.9)':<28}{bare * 1e3:>18.2f}")
     print(f"{'AspOptimizerWrapperV2(SGD)':<28}{wrapped * 1e3:>18.2f}")
