@@ -1,10 +1,14 @@
 """Models, data and checks shared by the tests (fixtures live in conftest.py)."""
 
 import importlib.util
+import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import keras
 import numpy as np
@@ -35,19 +39,17 @@ def small_mlp(hidden=64, inputs=32, outputs=16, api=keras):
 
 
 def small_convnet(api=keras):
-    """conv1 -> bn -> ReLU -> conv2 -> pooling -> dense -> head, on 8x8x16.
-
-    Every kernel is prunable, and all but conv1's inputs (the model's) can
-    be permuted: conv1 and bn for conv2, conv2 for dense, dense for head.
-    """
-    x = api.Input((8, 8, 16))
-    y = api.layers.Conv2D(32, 3, padding="same", name="conv1")(x)
-    y = api.layers.BatchNormalization(name="bn")(y)
-    y = api.layers.ReLU(name="relu")(y)
-    y = api.layers.Conv2D(32, 3, padding="same", name="conv2")(y)
-    y = api.layers.GlobalAveragePooling2D(name="pool")(y)
-    y = api.layers.Dense(32, activation="relu", name="dense")(y)
-    return api.Model(x, api.layers.Dense(16, name="head")(y), name="convnet")
+    """Conv-BN-ReLU, Conv, pooling, Dense, Dense on 8x8x16 inputs, built with
+    `api` (`keras` or `tf_keras`): every kernel prunable; three permutation
+    groups of 32 channels (conv_1's bias and a BatchNormalization in one), and
+    conv_1 reads the model input, so it is not C-permuted."""
+    inputs = api.Input((8, 8, 16))
+    x = api.layers.Conv2D(32, 3, padding="same", name="conv_1")(inputs)
+    x = api.layers.ReLU()(api.layers.BatchNormalization(name="norm")(x))
+    x = api.layers.ReLU()(api.layers.Conv2D(32, 3, padding="same", name="conv_2")(x))
+    x = api.layers.GlobalAveragePooling2D()(x)
+    x = api.layers.Dense(32, activation="relu", name="dense_1")(x)
+    return api.Model(inputs, api.layers.Dense(16, name="dense_2")(x), name="small_convnet")
 
 
 def regression_data(model, samples=64, seed=0):
@@ -135,3 +137,95 @@ def run_command(*args, env=None):
 
 def last_line(text):
     return text.strip().splitlines()[-1]
+
+
+# Processes ----------------------------------------------------------------
+
+
+def use_cpu_devices(count):
+    """Splits the CPU into `count` logical devices; only before TensorFlow
+    initialises (so in a fresh process: see `run_in_child`)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count
+    )
+
+
+def run_in_child(function, *args, cpu_devices=1, timeout=300):
+    """Runs `function(*args)` in a fresh Python whose TensorFlow sees
+    `cpu_devices` logical CPUs; returns its output, or fails with it.
+
+    `function` is a module-level function of a test module, `args` plain
+    values. The child is killed after `timeout` seconds.
+    """
+    code = f"import helpers; helpers.use_cpu_devices({cpu_devices}); " + _call(function, args)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"child failed:\n{result.stdout}\n{result.stderr[-6000:]}"
+    return result.stdout
+
+
+def run_workers(function, *args, count=2, timeout=300):
+    """Runs `function(*args)` in `count` worker processes of one cluster on
+    127.0.0.1 (free ports, a `TF_CONFIG` each, as on separate machines);
+    returns their outputs, or fails with them. Every worker is killed by
+    `timeout` seconds, or as soon as one fails."""
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(count)]}
+    logs = [tempfile.TemporaryFile("w+") for _ in range(count)]  # pipes could fill and block
+    workers = []
+    try:
+        for index, log in enumerate(logs):
+            config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            command = [sys.executable, "-c", _call(function, args)]
+            env = dict(_child_env(), TF_CONFIG=json.dumps(config))
+            workers.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not _finished(workers):
+            time.sleep(0.2)
+        failed = [
+            f"worker {index}: {'still running' if w.poll() is None else f'exit {w.poll()}'}\n"
+            f"{_read(log)[-4000:]}"
+            for index, (w, log) in enumerate(zip(workers, logs))
+            if w.poll() != 0
+        ]
+        assert not failed, "\n".join(failed)
+        return [_read(log) for log in logs]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        for log in logs:
+            log.close()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _finished(processes):
+    """All ended, or one failed."""
+    codes = [p.poll() for p in processes]
+    return None not in codes or any(code not in (None, 0) for code in codes)
+
+
+def _call(function, args):
+    return f"import {function.__module__} as m; m.{function.__name__}(*{args!r})"
+
+
+def _child_env():
+    path = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), os.getenv("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _read(log):
+    log.seek(0)
+    return log.read()

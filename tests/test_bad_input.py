@@ -27,7 +27,8 @@ def test_a_non_keras_model_is_refused():
 
 
 def test_a_tf_keras_optimizer_for_a_keras_3_model_is_refused_naming_both():
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     model = small_mlp()
     before = weights_of(model)
     message = r"Keras 2 \(tf_keras\) SGD.*Keras 3 Sequential.*same Keras"
@@ -38,7 +39,8 @@ def test_a_tf_keras_optimizer_for_a_keras_3_model_is_refused_naming_both():
 
 
 def test_a_keras_3_optimizer_for_a_tf_keras_model_is_refused_naming_both():
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     model = tf_keras.Sequential(
         [tf_keras.Input((32,)), tf_keras.layers.Dense(64), tf_keras.layers.Dense(16)]
     )

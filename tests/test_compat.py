@@ -57,20 +57,71 @@ def test_wrapped_flag_round_trip():
     assert compat.is_wrapped(optimizer)
 
 
+STRATEGIES = {
+    "default": tf.distribute.get_strategy,
+    "one_device": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
+    "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_traced_function_captures_one_handle_of_each_variable(strategy):
+    with STRATEGIES[strategy]().scope():
+        model = nested_model()
+        spec = tf.TensorSpec((2, 10, 64))
+        function = tf.function(lambda x: model(x)).get_concrete_function(spec)
+    captured = {id(t) for t in function.captured_inputs}
+    for variable in model.variables:
+        handles = compat.variable_handles(variable)
+        assert sum(id(h) in captured for h in handles) == 1, variable.path
+
+
+def test_tf_variable_is_the_tensorflow_variable_behind_a_keras_one():
+    variable = keras.Variable(1.0)
+    assert isinstance(compat.tf_variable(variable), tf.Variable)
+    plain = tf.Variable(1.0)
+    assert compat.tf_variable(plain) is plain
+
+
+def test_mirrored_single_device_and_other_variables_are_told_apart():
+    def kind(variable):
+        return compat.is_mirrored_variable(variable), compat.is_single_device_variable(variable)
+
+    kinds = {}
+    for name, strategy in STRATEGIES.items():
+        with strategy().scope():
+            kinds[name] = kind(keras.Variable(1.0))
+    with STRATEGIES["mirrored"]().scope():
+        # One value per replica, summed when read: not mirrored.
+        kinds["sync_on_read"] = kind(
+            keras.Variable(1.0, synchronization="on_read", aggregation="sum")
+        )
+    assert kinds == {
+        "default": (False, True),
+        "one_device": (False, True),
+        "mirrored": (True, False),
+        "sync_on_read": (False, False),
+    }
+
+
+def test_optimizer_strategy_is_the_scope_it_was_created_in():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        inside = keras.optimizers.SGD()
+    outside = keras.optimizers.SGD()
+    assert compat.optimizer_strategy(inside) is strategy
+    assert compat.optimizer_strategy(outside) is tf.distribute.get_strategy()
+
+
 def captured_handle_ids(model, shape):
     spec = tf.TensorSpec(shape)
     function = tf.function(lambda x: model(x)).get_concrete_function(spec)
     return {id(t) for t in function.captured_inputs}
 
 
-def test_a_traced_function_captures_a_variable_handle_of_every_variable():
-    model = nested_model()
-    captured = captured_handle_ids(model, (2, 10, 64))
-    assert all(any(id(h) in captured for h in compat.variable_handles(v)) for v in model.variables)
-
-
 def test_a_traced_tf_keras_function_captures_a_variable_handle_of_every_variable():
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     inputs = tf_keras.Input((8, 8, 16))
     x = tf_keras.layers.Conv2D(32, 3)(inputs)
     x = tf_keras.layers.BatchNormalization()(x)
@@ -84,7 +135,8 @@ def test_variable_paths_whichever_keras():
     layer = keras.layers.Dense(4, name="head")
     layer.build((None, 3))
     assert compat.variable_path(layer.kernel) == "head/kernel"
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(4, name="head")])
     assert model.layers[0].kernel.name == "head/kernel:0"
     assert compat.variable_path(model.layers[0].kernel) == "head/kernel"
@@ -95,7 +147,8 @@ def test_variable_paths_whichever_keras():
 
 @pytest.mark.parametrize("kind", ["legacy", "newer"])
 def test_a_tf_keras_optimizer_builds_its_state_without_a_step(kind):
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     optimizers = tf_keras.optimizers
     optimizer = optimizers.legacy.Adam() if kind == "legacy" else optimizers.Adam()
     model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(8)])
@@ -117,7 +170,8 @@ def test_set_untracked_keeps_variables_out_of_checkpoints(tmp_path):
 
 
 def test_the_tf_keras_built_flag_round_trip():
-    tf_keras = pytest.importorskip("tf_keras")
+    import tf_keras
+
     optimizer = tf_keras.optimizers.SGD()
     assert not compat.is_built(optimizer)
     optimizer.build([tf.Variable(1.0)])

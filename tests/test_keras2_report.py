@@ -8,11 +8,10 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 import tf_asp
 from tf_asp.report import sparsity_report
-
-tf_keras = pytest.importorskip("tf_keras")
 
 pytestmark = pytest.mark.usefixtures("fresh_tf_keras")
 

@@ -1,8 +1,8 @@
-"""Every private Keras access tf_asp makes, in one place.
+"""Every private Keras (and TensorFlow) access tf_asp makes, in one place.
 
-Keras has no public API for a few things tf_asp needs; each function below
-names the private attribute it uses and why no public one serves.
-`tests/test_compat.py` exercises every one, so a Keras upgrade that removes
+Keras and TensorFlow have no public API for a few things tf_asp needs; each
+function below names the private attribute it uses and why no public one
+serves. `tests/test_compat.py` exercises every one, so an upgrade that removes
 one fails there, loudly, rather than deep inside a training run.
 
 ```python
@@ -10,6 +10,9 @@ for layer in compat.flatten_layers(model):   # every layer, nested ones too
     ...
 ```
 """
+
+import keras
+import tensorflow as tf
 
 # Attribute tf_asp sets on an optimizer it wraps, so it is not wrapped twice.
 _WRAPPED_FLAG = "_tf_asp_wrapped"
@@ -72,18 +75,64 @@ def is_wrapped(optimizer):
     return bool(getattr(optimizer, _WRAPPED_FLAG, False))
 
 
-def variable_handles(variable):
-    """Every resource handle a traced function may capture for `variable`.
+def tf_variable(variable):
+    """The TensorFlow variable behind a Keras variable (`variable.value`).
 
-    A Keras 3 variable wraps a `tf.Variable` (`variable.value`) and a traced
-    function captures that one's `handle`; a tf_keras variable (and its mixed
-    precision `AutoCastVariable`) is a `tf.Variable` itself, captured as
-    `variable.handle`.
+    On the TensorFlow backend a Keras 3 variable wraps a `tf.Variable`: a plain
+    one, or under a `tf.distribute` strategy a distributed one. A `tf.Variable`
+    (as tf_keras' are) is its own.
     """
-    import tensorflow as tf
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
-    tf_variable = variable if isinstance(variable, tf.Variable) else variable.value
-    return [tf_variable.handle]
+
+def variable_handles(variable):
+    """Every resource handle a traced function may capture for a variable.
+
+    A function traced outside a replica context captures the `handle` of the
+    TensorFlow variable behind it; under a `tf.distribute` strategy that is a
+    `DistributedVariable` whose own `handle` may not be read there, and the
+    function captures one of its components instead (`values`, one per local
+    replica: the one on the current device, else the primary). So every
+    component's handle is listed.
+    """
+    value = tf_variable(variable)
+    if isinstance(value, tf.distribute.DistributedValues):
+        return [component.handle for component in value.values]
+    return [value.handle]
+
+
+def is_mirrored_variable(variable):
+    """True when a variable is mirrored: one equal component per replica.
+
+    TensorFlow exports no type for it (`MirroredVariable` lives in
+    `tensorflow.python.distribute.values`); `tf.distribute.DistributedValues`
+    also covers sync-on-read variables, whose replicas differ.
+    """
+    from tensorflow.python.distribute import values
+
+    return isinstance(tf_variable(variable), values.MirroredVariable)
+
+
+def is_single_device_variable(variable):
+    """True when a variable is a plain resource variable on one device.
+
+    A plain `tf.Variable` is a `ResourceVariable`, a type TensorFlow does not
+    export (`tensorflow.python.ops.resource_variable_ops`); `tf.Variable` itself
+    is also the base of ParameterServerStrategy's and CentralStorageStrategy's
+    aggregating and caching variables.
+    """
+    from tensorflow.python.ops import resource_variable_ops
+
+    return isinstance(tf_variable(variable), resource_variable_ops.ResourceVariable)
+
+
+def optimizer_strategy(optimizer):
+    """The `tf.distribute` strategy a Keras optimizer was created under.
+
+    Keras' TensorFlow optimizer records it at construction
+    (`_distribution_strategy`) and runs every update through it.
+    """
+    return optimizer._distribution_strategy
 
 
 def variable_path(variable):

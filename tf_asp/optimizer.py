@@ -9,6 +9,7 @@ import warnings
 import keras
 
 from tf_asp import compat
+from tf_asp import distribute
 from tf_asp import pruning
 
 V1_DEPRECATED = (
@@ -35,6 +36,11 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     the kernels again, so a pruned weight stays exactly 0.0 whatever the
     optimizer's slots (momentum, Adam moments) hold. The masks are optimizer
     variables, saved and restored with checkpoints and `.keras` files.
+
+    Under `MirroredStrategy` or `MultiWorkerMirroredStrategy`, build it inside
+    the `strategy.scope()` the model and `optimizer` were created in: every
+    replica then permutes and masks the same weights alike, with no broadcast
+    (`tf_asp.distribute` checks what it relies on).
 
     Args:
         optimizer: the `keras.optimizers.Optimizer` to wrap (SGD, Adam,
@@ -121,6 +127,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         )
         if model is None and masked_variables is None:
             raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
+        if model is not None:
+            _check_model(model)
+            distribute.check_strategy(model, optimizer)
+            distribute.check_workers_agree(model)
 
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
@@ -131,8 +141,8 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         self._input_axes = None  # id(kernel) -> its input axes, once known
 
         if model is not None:
-            _check_model(model)
             plan = pruning.prepare(model, options)
+            distribute.check_workers_agree(model, permuted=True)  # even unpermuted: a collective
             self.permutation_summary = plan.summary
             self._input_axes = plan.input_axes
             masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
