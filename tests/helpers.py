@@ -68,10 +68,15 @@ def permute_randomly(model, seed=0, **trace_options):
     arguments = inputs[0] if len(inputs) == 1 else inputs
     before = [np.asarray(y) for y in tf.nest.flatten(model(arguments, training=False))]
     rng = np.random.default_rng(seed)
-    permutations = {g.id: rng.permutation(g.channels) for g in groups if g.skip_reason is None}
+    permutations = {g.id: random_permutation(g, rng) for g in groups if g.skip_reason is None}
     apply.assign(apply.permuted_values(groups, permutations))
     after = [np.asarray(y) for y in tf.nest.flatten(model(arguments, training=False))]
     return groups, relative_error(before, after)
+
+
+def random_permutation(group, rng):
+    """A random permutation of a group's channels: each segment within itself."""
+    return np.concatenate([start + rng.permutation(size) for start, size in group.segments])
 
 
 def permuted_sets(groups):
