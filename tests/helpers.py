@@ -1,8 +1,11 @@
 """Models, data and checks shared by the tests (fixtures live in conftest.py)."""
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from tf_asp import compat
 from tf_asp import registry
@@ -23,6 +26,81 @@ def small_mlp(hidden=64, inputs=32, outputs=16):
             layers.Dense(outputs, name="out"),
         ]
     )
+
+
+class PositionEmbedding(layers.Layer):
+    """Adds a learned position embedding to its input, as keras_hub's
+    `TokenAndPositionEmbedding` does: a `(sequence_length, width)` variable
+    sliced to the input's length and broadcast over the batch."""
+
+    def __init__(self, sequence_length, **kwargs):
+        super().__init__(**kwargs)
+        self.sequence_length = sequence_length
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            shape=(self.sequence_length, input_shape[-1]), name="embeddings"
+        )
+
+    def call(self, x):
+        shape = ops.shape(x)
+        positions = ops.slice(self.embeddings, (0, 0), (shape[-2], shape[-1]))
+        return x + ops.broadcast_to(positions, shape)
+
+
+def dense_attention(h, heads, name, product="einsum"):
+    """Multi-head self-attention from plain Dense layers `{name}_q/_k/_v/_o`,
+    the heads split with `ops.reshape` and attended with `ops.einsum` or
+    `ops.matmul` (and transposes)."""
+    length, width = h.shape[1], h.shape[2]
+    head_dim = width // heads
+    q, k, v = (
+        ops.reshape(layers.Dense(width, name=f"{name}_{p}")(h), (-1, length, heads, head_dim))
+        for p in "qkv"
+    )
+    scale = 1.0 / math.sqrt(head_dim)
+    if product == "einsum":
+        weights = ops.softmax(ops.einsum("btnh,bsnh->bnts", q, k) * scale, axis=-1)
+        out = ops.einsum("bnts,bsnh->btnh", weights, v)
+    else:
+        q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
+        weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * scale, axis=-1)
+        out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+    return layers.Dense(width, name=f"{name}_o")(ops.reshape(out, (-1, length, width)))
+
+
+def encoder_block(h, name, heads=4, ffn=128, attention="mha"):
+    """A post-norm transformer encoder block on the residual stream `h`:
+    attention (`MultiHeadAttention`, or `dense_attention` with "einsum" or
+    "matmul"), Add, LayerNormalization, Dense(gelu), Dense, Add,
+    LayerNormalization."""
+    width = h.shape[-1]
+    if attention == "mha":
+        a = layers.MultiHeadAttention(heads, width // heads, name=f"{name}_attention")(h, h)
+    else:
+        a = dense_attention(h, heads, f"{name}_attention", product=attention)
+    h = layers.LayerNormalization(name=f"{name}_norm_1")(layers.Add()([h, a]))
+    f = layers.Dense(ffn, activation="gelu", name=f"{name}_ffn_in")(h)
+    f = layers.Dense(width, name=f"{name}_ffn_out")(f)
+    return layers.LayerNormalization(name=f"{name}_norm_2")(layers.Add()([h, f]))
+
+
+def encoder(blocks=1, width=64, length=16, vocabulary=None, classes=16, **block_options):
+    """`blocks` encoder blocks on a residual stream of `width` channels,
+    entered from float features through Dense `embed`, or from token ids
+    through Embedding `tokens` plus a `PositionEmbedding` `positions`; read
+    by a Dense `head` after average pooling over the sequence."""
+    if vocabulary is None:
+        inputs = keras.Input((length, 32))
+        h = layers.Dense(width, name="embed")(inputs)
+    else:
+        inputs = keras.Input((length,), dtype="int32")
+        h = layers.Embedding(vocabulary, width, name="tokens")(inputs)
+        h = PositionEmbedding(length, name="positions")(h)
+    for index in range(blocks):
+        h = encoder_block(h, f"block_{index}", **block_options)
+    outputs = layers.Dense(classes, name="head")(layers.GlobalAveragePooling1D()(h))
+    return keras.Model(inputs, outputs)
 
 
 def regression_data(model, samples=64, seed=0):
