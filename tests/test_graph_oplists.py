@@ -215,3 +215,76 @@ def test_a_wrong_list_entry_is_caught_by_verification(monkeypatch):
         permute_model(model, search_device="numpy", search_time_limit=5)
     for saved, variable in zip(weights, model.weights):
         np.testing.assert_array_equal(saved, variable.numpy())
+
+
+# GEMM layer -> its input axes and output axes as the graph reads its kernel
+# (through Reshape, Transpose, ExpandDims, Cast), between a Dense producer
+# and a Dense consumer on (batch, 16, 32) tensors.
+GEMMS = {
+    "Dense (MatMul)": (lambda: [layers.Dense(32, name="gemm")], (0,), (1,)),
+    "EinsumDense to heads (Reshape, BatchMatMulV2)": (
+        lambda: [layers.EinsumDense("abc,cde->abde", (16, 4, 8), name="gemm"), heads_to_channels()],
+        (0,),
+        (1, 2),
+    ),
+    "EinsumDense, kernel transposed (Transpose)": (
+        lambda: [layers.EinsumDense("abc,dce->abde", (16, 4, 8), name="gemm"), heads_to_channels()],
+        (1,),
+        (0, 2),
+    ),
+    "EinsumDense from heads": (
+        lambda: [
+            layers.Reshape((16, 4, 8)),
+            layers.EinsumDense("abcd,cde->abe", (16, 32), name="gemm"),
+        ],
+        (0, 1),
+        (2,),
+    ),
+    "Conv1D (ExpandDims)": (
+        lambda: [layers.Conv1D(32, 3, padding="same", name="gemm")],
+        (1,),
+        (2,),
+    ),
+    "Dense in float16 (Cast)": (
+        lambda: [
+            layers.Dense(32, name="gemm", dtype="mixed_float16"),
+            layers.Activation("linear", dtype="float32"),
+        ],
+        (0,),
+        (1,),
+    ),
+}
+
+
+def heads_to_channels():
+    return layers.Reshape((16, 32))
+
+
+@pytest.mark.parametrize("name", sorted(GEMMS))
+def test_gemm_kernels_are_read_along_their_registry_axes(name):
+    build, input_axes, output_axes = GEMMS[name]
+    x = keras.Input((16, 32))
+    y = layers.Dense(32, name="producer")(x)
+    for layer in build():
+        y = layer(y)
+    model = keras.Model(x, layers.Dense(16, name="consumer")(y))
+    graph = trace_model(model)
+    groups, _ = find_groups(graph)
+    gemm = model.get_layer("gemm")
+    reads = [g for g in groups if "gemm" in g.consumer_names]
+    writes = [g for g in groups if "consumer" in g.consumer_names]
+
+    assert [g.producer_names for g in reads] == [["producer"]]
+    assert [g.producer_names for g in writes] == [["gemm"]]
+    assert all(g.skip_reason is None for g in reads + writes)
+    (c_axes,) = {p.axes for p in reads[0].placements if p.variable is gemm.kernel}
+    (k_axes,) = {p.axes for p in writes[0].placements if p.variable is gemm.kernel}
+    assert (c_axes, k_axes) == (input_axes, output_axes)
+    assert reads[0].consumers[0].gemm.input_axes == input_axes  # what the registry prunes
+    before = np.asarray(model(graph.sample_inputs[0]))
+    rng = np.random.default_rng(0)
+    permutations = {g.id: random_permutation(g, rng) for g in reads + writes}
+    apply.assign(apply.permuted_values(reads + writes, permutations))
+    after = np.asarray(model(graph.sample_inputs[0]))
+    tolerance = 1e-3 if "float16" in name else 1e-5
+    assert relative_error([before], [after]) <= tolerance

@@ -148,7 +148,7 @@ ALLOW_OPS = frozenset({"Conv2D", "MatMul", "BatchMatMulV2"})
 
 # Ops the kernel of a GEMM op may pass through on its way from the variable:
 # EinsumDense reshapes (and may transpose) it to 2-D, Conv1D expands it to 4-D.
-KERNEL_PATH = frozenset({"Identity", "Cast", "Reshape", "ExpandDims", "Squeeze", "Transpose"})
+KERNEL_PATH = frozenset({"Identity", "Cast", "Reshape", "ExpandDims", "Transpose"})
 
 INFER_OPS = PER_CHANNEL | DEPTHWISE | GROUPED_CONV_CALLS | ELEMENTWISE_BINARY | GATHERS
 

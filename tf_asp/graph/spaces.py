@@ -69,7 +69,8 @@ class ChannelSpaces:
         if self._size[ra] != self._size[rb]:
             return False
         self._parent[ra] = rb
-        self._pins.setdefault(rb, []).extend(self._pins.pop(ra, []))
+        if ra in self._pins:
+            self._pins.setdefault(rb, []).extend(self._pins.pop(ra))
         parts = self._parts.pop(ra, None)
         if parts is not None:
             self._set_parts(rb, parts)
@@ -133,14 +134,15 @@ class ChannelSpaces:
         return result
 
     def leaf_pins(self):
-        """Leaf root -> the reasons it cannot be permuted: its own and those
+        """Leaf root -> the reasons it cannot be permuted: its own, then those
         of every concatenation it is part of."""
-        pins = {}
-        for root in list(self._pins):
-            if self.find(root) != root:
-                continue
-            for leaf, _ in self.leaves(root):
-                pins.setdefault(leaf, []).extend(self._pins[root])
+        pins = {
+            root: list(reasons) for root, reasons in self._pins.items() if root not in self._parts
+        }
+        for root, reasons in self._pins.items():
+            if root in self._parts:
+                for leaf, _ in self.leaves(root):
+                    pins.setdefault(leaf, []).extend(reasons)
         return pins
 
     def _set_parts(self, root, parts):
