@@ -12,9 +12,13 @@ reshape_axes((2, 16, 64), (2,), (2, 16, 4, 16))       # (2, 3)
 transpose_axes((0, 2, 1, 3), (2, 3))                  # (1, 3)
 regroup((64, 4, 16), [(0,), (1,), (2,)], (64, 64))    # [(0,), (1, 2)]
 ```
+
+The last few functions read what they need from a traced op or tensor.
 """
 
 import math
+
+import tensorflow as tf
 
 
 def last_axis(rank):
@@ -188,3 +192,45 @@ def matmul_specs(rank, adjoint_a, adjoint_b):
 def _index(value, dim):
     value = int(value)
     return value + dim if value < 0 else value
+
+
+# Reading traced ops and tensors ---------------------------------------------
+
+
+def static_dims(tensor):
+    """A tensor's static shape as a tuple of ints, or None if not fully known."""
+    shape = tensor.shape
+    if shape.rank is None or any(d is None for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def operand_axes(operand, result, axes):
+    """The axes of a broadcast operand that meet `result`'s channel `axes`:
+    None when it is the same for every channel (size 1 there), () when it
+    broadcasts along some channel axes but not all."""
+    offset = result.shape.rank - operand.shape.rank
+    dims, result_dims = static_dims(operand), static_dims(result)
+    moved = tuple(a - offset for a in axes)
+    sizes = [dims[a] if a >= 0 else 1 for a in moved]
+    if all(size == 1 for size in sizes):
+        return None
+    if sizes != [result_dims[a] for a in axes]:
+        return ()
+    return moved
+
+
+def kept_by_slice(op, dims):
+    """Input axis -> output axis of the axes a `Slice` or `StridedSlice` op
+    keeps whole, or None when its bounds are not static."""
+    if op.type == "Slice":
+        begin, size = (tf.get_static_value(t) for t in op.inputs[1:3])
+        if begin is None or size is None:
+            return None
+        return {a: a for a, d in enumerate(dims) if begin[a] == 0 and size[a] in (-1, d)}
+    begin, end, strides = (tf.get_static_value(t) for t in op.inputs[1:4])
+    if begin is None or end is None or strides is None:
+        return None
+    names = ("begin_mask", "end_mask", "shrink_axis_mask", "ellipsis_mask", "new_axis_mask")
+    masks = {name: op.get_attr(name) for name in names}
+    return kept_axes_of_slice(len(dims), begin, end, strides, masks, dims)

@@ -171,7 +171,7 @@ class _GroupBuilder:
 
     def groups(self):
         members = self._members()
-        leaves = [self.spaces.leaves(self.walk.variable_key(v, axes)) for _, v, axes in members]
+        leaves = [self.spaces.leaves(self.walk.variables.key(v, axes)) for _, v, axes in members]
         components = _Components()
         for found in leaves:
             components.join([leaf for leaf, _ in found])
@@ -191,9 +191,9 @@ class _GroupBuilder:
         members = [("consumer", use.variable, use.input_axes) for use in self.walk.kernels]
         members += [("producer", use.variable, use.output_axes) for use in self.walk.kernels]
         for role, found in (
-            ("table", self.walk.tables),
-            ("vector", self.walk.vectors),
-            ("depthwise", self.walk.depthwise),
+            ("table", self.walk.variables.tables),
+            ("vector", self.walk.variables.vectors),
+            ("depthwise", self.walk.variables.depthwise),
         ):
             members += [(role, variable, axes) for variable, axes in found.values()]
         unique = {}

@@ -15,27 +15,31 @@ of the variables it reads to channel spaces (`graph/spaces.py`):
   inputs' spaces; an attention product splits its channels into heads;
 - anything else pins the spaces it touches, with the reason.
 
-A variable that is read in some way the walk did not follow (a kernel also
-added to something, say) pins every space it is in: permuting it could
-change what that other read computes.
+The variable side (kernels through their reshapes, operands followed back,
+reads nobody followed) is `graph/variables.py`.
 
 ```python
 walk = ChannelWalk(trace_model(model)).run()
 walk.kernels       # [KernelUse(op, variable, input_axes, output_axes), ...]
 walk.spaces        # the channel spaces; walk.roles: op name -> role
+walk.variables     # VariableReads: .tables, .vectors, .depthwise, .key(v, axes)
 ```
 """
 
 import collections
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_asp import compat
 from tf_asp.graph import axes as channel_axes
 from tf_asp.graph import oplists
+from tf_asp.graph.axes import static_dims
 from tf_asp.graph.spaces import ChannelSpaces
 from tf_asp.graph.spaces import format_sizes
+from tf_asp.graph.variables import VariableReads
 
 # A GEMM op and its kernel: the variable axes contracted with the op's input
 # channels, and those that make its output channels.
@@ -47,11 +51,9 @@ class ChannelWalk:
 
     Attributes:
         spaces: the `ChannelSpaces`; tensors are keyed `tensor_key(t)`,
-            variable axes `variable_key(variable, axes)`.
+            variable axes `variables.key(variable, axes)`.
+        variables: the `VariableReads` (tables, vectors, depthwise kernels).
         kernels: a `KernelUse` per GEMM op the walk followed.
-        tables, vectors, depthwise: `{(id(variable), axes): (variable, axes)}`
-            of embedding tables gathered from (their rows' channels), other
-            per-channel variables, and depthwise kernels.
         roles: op name -> `"allow"`, `"infer"`, `"clear"` or `"unsupported"`
             for every op on the data path.
     """
@@ -59,14 +61,11 @@ class ChannelWalk:
     def __init__(self, graph):
         self.graph = graph
         self.spaces = ChannelSpaces()
+        self.variables = VariableReads(graph, self.spaces)
         self.kernels = []
-        self.tables, self.vectors, self.depthwise = {}, {}, {}
         self.roles = {}
         self._layouts = {}  # tensor ref -> its channel axes, when not the last axis
         self._data = {t.ref() for t in graph.inputs}
-        self._followed = set()  # (op name, input index) of every variable read followed
-        self._variable_axes = collections.defaultdict(set)  # id -> axes tuples
-        self._variables = {}  # id -> variable
 
     def run(self):
         for op in self.graph.ops:
@@ -80,7 +79,7 @@ class ChannelWalk:
         for tensor in self.graph.outputs:
             if self.is_data(tensor):
                 self._pin(tensor, "model output")
-        self._check_variable_reads()
+        self.variables.check(self.is_data)
         return self
 
     # Tensors and their channels --------------------------------------------
@@ -94,7 +93,7 @@ class ChannelWalk:
 
     def channels(self, tensor):
         """How many channels a tensor holds, or None if its shape is unknown."""
-        dims = _dims(tensor)
+        dims = static_dims(tensor)
         if dims is None:
             return None
         return math.prod(dims[a] for a in self.layout(tensor))
@@ -111,14 +110,6 @@ class ChannelWalk:
             if channels is None:
                 return None
             self.spaces.add(key, channels)
-        return key
-
-    def variable_key(self, variable, axes):
-        key = ("variable", id(variable), tuple(axes))
-        if key not in self.spaces:
-            self.spaces.add(key, math.prod(int(variable.shape[a]) for a in axes))
-            self._variable_axes[id(variable)].add(tuple(axes))
-            self._variables[id(variable)] = variable
         return key
 
     def _pin(self, tensor, reason):
@@ -143,7 +134,7 @@ class ChannelWalk:
         if kind in oplists.SKIP_OPS:
             return "skip"
         if kind in oplists.ALLOW_OPS:
-            kernel = self._kernel(op.inputs[1]) if len(op.inputs) > 1 else None
+            kernel = self.variables.kernel(op.inputs[1], self.is_data)
             if kernel is not None:
                 return self._visit_gemm(op, *kernel)
         visitors = [
@@ -176,8 +167,8 @@ class ChannelWalk:
 
     def _pass_through_axes(self, op, x, y):
         """Where a one-input pass-through op puts `x`'s channel axes, or None."""
-        kind, axes, dims = op.type, self.layout(x), _dims(x)
-        if dims is None or _dims(y) is None:
+        kind, axes, dims = op.type, self.layout(x), static_dims(x)
+        if dims is None or static_dims(y) is None:
             return None
         if kind in oplists.ELEMENTWISE_UNARY:
             return axes
@@ -187,16 +178,16 @@ class ChannelWalk:
                 return None
             return axes
         if kind in oplists.RESHAPES:
-            return channel_axes.reshape_axes(dims, axes, _dims(y))
+            return channel_axes.reshape_axes(dims, axes, static_dims(y))
         if kind in oplists.TRANSPOSES:
             perm = tf.get_static_value(op.inputs[1])
             return None if perm is None else channel_axes.transpose_axes(perm, axes)
         if kind in oplists.SLICES:
-            kept = self._kept_by_slice(op, dims) or {}
+            kept = channel_axes.kept_by_slice(op, dims) or {}
             return tuple(kept[a] for a in axes) if set(axes) <= set(kept) else None
         if kind in oplists.BROADCASTS:
-            moved = channel_axes.broadcast_axes(len(dims), len(_dims(y)), axes)
-            return moved if [dims[a] for a in axes] == [_dims(y)[a] for a in moved] else None
+            moved = channel_axes.broadcast_axes(len(dims), len(static_dims(y)), axes)
+            return moved if [dims[a] for a in axes] == [static_dims(y)[a] for a in moved] else None
         if kind in oplists.POOLING:
             if not _nhwc(op):
                 return None
@@ -226,23 +217,23 @@ class ChannelWalk:
             or not output_axes
             or self.layout(x) != channel_axes.last_axis(rank)
             or self.channels(x) != math.prod(shape[a] for a in input_axes)
-            or _dims(y) is None
-            or _dims(y)[-1] != math.prod(shape[a] for a in output_axes)
+            or static_dims(y) is None
+            or static_dims(y)[-1] != math.prod(shape[a] for a in output_axes)
         ):
             # A grouped convolution's kernel sees a slice of the channels.
             return self._unsupported(
                 op, f"{kind} '{op.name}' kernel {shape} does not match its input"
             )
         self._layouts[y.ref()] = channel_axes.last_axis(y.shape.rank)
-        self.spaces.union(self.tensor_key(x), self.variable_key(variable, input_axes))
-        self.spaces.union(self.tensor_key(y), self.variable_key(variable, output_axes))
-        self._followed.update(path + [(op.name, 1)])
+        self.spaces.union(self.tensor_key(x), self.variables.key(variable, input_axes))
+        self.spaces.union(self.tensor_key(y), self.variables.key(variable, output_axes))
+        self.variables.followed(path + [(op.name, 1)])
         self.kernels.append(KernelUse(op, variable, input_axes, output_axes))
         return "allow"
 
     def _visit_product(self, op):
         kind, y = op.type, op.outputs[0]
-        specs = None if any(_dims(t) is None for t in op.inputs) else self._product_specs(op)
+        specs = None if any(static_dims(t) is None for t in op.inputs) else self._product_specs(op)
         if specs is None:
             return self._unsupported(op, f"{kind} '{op.name}' is not a product tf_asp follows")
         self._layouts[y.ref()] = channel_axes.last_axis(y.shape.rank or 0)
@@ -252,7 +243,7 @@ class ChannelWalk:
                 continue
             if not self.is_data(x):
                 return self._unsupported(op, f"{kind} '{op.name}' multiplies by a variable")
-            result = channel_axes.product_channels(*specs, index, self.layout(x), _dims(x))
+            result = channel_axes.product_channels(*specs, index, self.layout(x), static_dims(x))
             if carried:
                 result = "carries the channels of both operands"
             if isinstance(result, str):
@@ -268,36 +259,32 @@ class ChannelWalk:
 
     def _product_specs(self, op):
         if op.type == "Einsum":
-            return (
-                channel_axes.einsum_specs(op.get_attr("equation")) if len(op.inputs) == 2 else None
-            )
-        a, b = (_dims(t) for t in op.inputs)
+            return channel_axes.einsum_specs(op.get_attr("equation"))
+        a, b = (static_dims(t) for t in op.inputs)
         if a is None or b is None or len(a) != len(b) or a[:-2] != b[:-2] or len(a) < 3:
             return None
         return channel_axes.matmul_specs(len(a), op.get_attr("adj_x"), op.get_attr("adj_y"))
 
     def _visit_depthwise(self, op):
         x, y = op.inputs[0], op.outputs[0]
-        kernel = self._kernel(op.inputs[1])
+        kernel = self.variables.kernel(op.inputs[1], self.is_data)
         if kernel is None or not _nhwc(op):
             return self._unsupported(op, f"depthwise '{op.name}' is not supported")
         variable, groups, path = kernel
-        multiplier = _dims(op.inputs[1])[-1]
+        multiplier = static_dims(op.inputs[1])[-1]
         if multiplier != 1:
             return self._unsupported(op, f"depthwise '{op.name}' has depth multiplier {multiplier}")
         if self.layout(x) != channel_axes.last_axis(x.shape.rank) or not self._carry(
             x, y, self.layout(x)
         ):
             return self._unsupported(op, f"depthwise '{op.name}' changes the channels")
-        key = self.variable_key(variable, groups[2])
+        key = self.variables.key(variable, groups[2])
         self.spaces.union(self.tensor_key(x), key)
-        self.depthwise[(id(variable), groups[2])] = (variable, groups[2])
-        self._followed.update(path + [(op.name, 1)])
+        self.variables.depthwise[(id(variable), groups[2])] = (variable, groups[2])
+        self.variables.followed(path + [(op.name, 1)])
         return "infer"
 
     def _visit_grouped_conv(self, op):
-        import keras
-
         handles = [(i, t) for i, t in enumerate(op.inputs) if t.dtype == tf.resource]
         data = [t for t in op.inputs if t.dtype != tf.resource]
         variables = [self.graph.captured_variable(t) for _, t in handles]
@@ -314,9 +301,9 @@ class ChannelWalk:
         ):
             return self._unsupported(op, f"function call '{op.name}' cannot carry it")
         axes = (len(variables[0].shape) - 1,)
-        self.spaces.union(self.tensor_key(data[0]), self.variable_key(variables[0], axes))
-        self.depthwise[(id(variables[0]), axes)] = (variables[0], axes)
-        self._followed.add((op.name, handles[0][0]))
+        self.spaces.union(self.tensor_key(data[0]), self.variables.key(variables[0], axes))
+        self.variables.depthwise[(id(variables[0]), axes)] = (variables[0], axes)
+        self.variables.followed([(op.name, handles[0][0])])
         return "infer"
 
     def _visit_per_channel(self, op):
@@ -326,17 +313,17 @@ class ChannelWalk:
         operands = op.inputs[1:5] if op.type == "FusedBatchNormV3" else op.inputs[1:2]
         if (
             self.layout(x) != channel_axes.last_axis(x.shape.rank)
-            or any(_dims(t) != (self.channels(x),) for t in operands)
+            or any(static_dims(t) != (self.channels(x),) or self.is_data(t) for t in operands)
             or not self._carry(x, y, self.layout(x))
         ):
             return self._unsupported(op, f"{op.type} '{op.name}' operands do not match")
         for index, operand in enumerate(operands, 1):
-            self._follow_operand(op, index, operand, (0,), self.tensor_key(y))
+            self.variables.follow_operand(op, index, operand, (0,), self.tensor_key(y))
         return "infer"
 
     def _visit_elementwise(self, op):
         y = op.outputs[0]
-        if _dims(y) is None or any(_dims(t) is None for t in op.inputs):
+        if static_dims(y) is None or any(static_dims(t) is None for t in op.inputs):
             return self._unsupported(op, f"{op.type} '{op.name}' has unknown shapes")
         carriers = [t for t in op.inputs if self.is_data(t) and not self.free(t)]
         if carriers:
@@ -349,7 +336,7 @@ class ChannelWalk:
             return "clear"
         role = "clear"
         for index, t in enumerate(op.inputs):
-            t_axes = _operand_axes(t, y, axes)
+            t_axes = channel_axes.operand_axes(t, y, axes)
             if t_axes is None:
                 continue  # broadcast along the channels: the same for every one
             if t_axes == ():
@@ -357,7 +344,7 @@ class ChannelWalk:
                     op, f"{op.type} '{op.name}' broadcasts across the channels"
                 )
             if not self.is_data(t):
-                self._follow_operand(op, index, t, t_axes, self.tensor_key(y))
+                self.variables.follow_operand(op, index, t, t_axes, self.tensor_key(y))
                 role = "infer"
             elif self.layout(t) != t_axes or not self._carry(t, y, axes):
                 return self._unsupported(op, f"{op.type} '{op.name}' mixes channel layouts")
@@ -366,7 +353,7 @@ class ChannelWalk:
     def _visit_concatenation(self, op):
         y, inputs = op.outputs[0], list(op.inputs[:-1])
         axis, rank = tf.get_static_value(op.inputs[-1]), y.shape.rank
-        if axis is None or rank is None or any(_dims(t) is None for t in inputs):
+        if axis is None or rank is None or any(static_dims(t) is None for t in inputs):
             return self._unsupported(op, f"ConcatV2 '{op.name}' has unknown shapes")
         axis = int(axis) % rank
         data = [t for t in inputs if self.is_data(t)]
@@ -376,7 +363,7 @@ class ChannelWalk:
         self._layouts[y.ref()] = axes
         for index, t in enumerate(inputs):
             if not self.is_data(t):
-                self._follow_operand(op, index, t, axes, self.tensor_key(y))
+                self.variables.follow_operand(op, index, t, axes, self.tensor_key(y))
             elif self.layout(t) != axes or not self._carry(t, y, axes):
                 return self._unsupported(op, f"ConcatV2 '{op.name}' mixes channel layouts")
         return "clear" if all(self.is_data(t) for t in inputs) else "infer"
@@ -416,13 +403,13 @@ class ChannelWalk:
         self._layouts[y.ref()] = channel_axes.last_axis(y.shape.rank)
         if self.free(y):
             return "clear"
-        self._follow_operand(op, 0, params, (rank - 1,), self.tensor_key(y), table=True)
+        self.variables.follow_operand(op, 0, params, (rank - 1,), self.tensor_key(y), table=True)
         return "infer"
 
     def _visit_reduction(self, op):
         x, y = op.inputs[0], op.outputs[0]
         reduction, rank = tf.get_static_value(op.inputs[1]), x.shape.rank
-        if reduction is None or rank is None or _dims(x) is None:
+        if reduction is None or rank is None or static_dims(x) is None:
             return self._unsupported(op, f"{op.type} '{op.name}' has unknown axes")
         reduction = {int(a) % rank for a in np.ravel(reduction)}
         keep = op.get_attr("keep_dims")
@@ -441,7 +428,7 @@ class ChannelWalk:
         """For an op mixing `x`'s values along `mixed` axes, some of them
         channel axes: True if it works within heads (all the channels, or
         the minor channel axes once per head), which split the channels."""
-        heads = channel_axes.heads_of(self.layout(x), mixed, _dims(x))
+        heads = channel_axes.heads_of(self.layout(x), mixed, static_dims(x))
         if heads is None:
             return False
         self._split_heads(op, x, heads)
@@ -460,164 +447,15 @@ class ChannelWalk:
 
     def _unsupported(self, op, reason):
         for tensor in list(op.inputs) + list(op.outputs):
-            if self.is_data(tensor) and _dims(tensor) is not None:
+            if self.is_data(tensor) and static_dims(tensor) is not None:
                 self._pin(tensor, reason)
         return "unsupported"
 
-    # Variables ---------------------------------------------------------------
-
-    def _kernel(self, tensor):
-        """`(variable, groups, path)` when `tensor` is a kernel variable, read
-        through reshapes and transposes: `groups[i]` are the variable axes
-        merged into the tensor's axis `i`; `path` the (op, input) pairs read."""
-        path = []
-        while tensor.op.type in oplists.KERNEL_PATH and not self.is_data(tensor):
-            path.append(tensor.op)
-            tensor = tensor.op.inputs[0]
-        if tensor.op.type != "ReadVariableOp":
-            return None
-        variable = self.graph.variable(tensor.op)
-        if variable is None or len(variable.shape) < 2:
-            return None
-        shape = tuple(int(d) for d in variable.shape)
-        groups = [(a,) for a in range(len(shape))]
-        for op in reversed(path):
-            out = _dims(op.outputs[0])
-            if op.type == "Transpose":
-                perm = tf.get_static_value(op.inputs[1])
-                if perm is None:
-                    return None
-                groups = [groups[int(p)] for p in perm]
-            elif op.type not in ("Identity", "Cast"):
-                groups = None if out is None else channel_axes.regroup(shape, groups, out)
-            if groups is None:
-                return None
-            shape = out
-        return variable, groups, [(op.name, 0) for op in path]
-
-    def _follow_operand(self, consumer, index, tensor, axes, key, table=False):
-        """Ties the variables that operand `tensor` (computed from variables
-        only) is made of, on the axes that meet its `axes`, to space `key`."""
-        self._followed.add((consumer.name, index))
-        op, kind = tensor.op, tensor.op.type
-        dims = _dims(tensor)
-        if kind == "ReadVariableOp":
-            variable = self.graph.variable(op)
-            if variable is None:
-                self.spaces.pin(key, f"variable read by '{op.name}' is not the model's")
-            else:
-                self.spaces.union(key, self.variable_key(variable, axes))
-                (self.tables if table else self.vectors)[(id(variable), axes)] = (variable, axes)
-            return
-        if kind in ("Identity", "Cast"):
-            self._follow_operand(op, 0, op.inputs[0], axes, key, table)
-            return
-        if kind == "Const":
-            self.spaces.pin(key, f"per-channel constant '{op.name}'")
-            return
-        if kind in oplists.ELEMENTWISE_UNARY:
-            inputs = [(0, axes)]
-        elif kind in oplists.ELEMENTWISE_BINARY | oplists.BROADCASTS:
-            operands = op.inputs[:1] if kind in oplists.BROADCASTS else op.inputs
-            inputs = [(i, _operand_axes(t, tensor, axes)) for i, t in enumerate(operands)]
-            inputs = [(i, a) for i, a in inputs if a is not None]
-        elif kind in oplists.RESHAPES and dims is not None:
-            inputs = [(0, channel_axes.reshape_axes(dims, axes, _dims(op.inputs[0]) or ()))]
-        elif kind in oplists.TRANSPOSES:
-            perm = tf.get_static_value(op.inputs[1])
-            inputs = [(0, None if perm is None else tuple(int(perm[a]) for a in axes))]
-        elif kind in oplists.SLICES and _dims(op.inputs[0]) is not None:
-            kept = self._kept_by_slice(op, _dims(op.inputs[0])) or {}
-            source = {out: a for a, out in kept.items()}
-            inputs = [(0, tuple(source[a] for a in axes) if set(axes) <= set(source) else None)]
-        else:
-            inputs = [(0, None)]
-        for index, operand_axes in inputs:
-            if not operand_axes:
-                reason = f"{kind} '{op.name}' makes per-channel values tf_asp cannot follow"
-                self.spaces.pin(key, reason)
-                return
-            self._follow_operand(op, index, op.inputs[index], operand_axes, key)
-
-    def _check_variable_reads(self):
-        """Pins every variable in a space that is also read some other way."""
-        for key, variable in self._variables.items():
-            stray = None
-            for op, index in self.graph.handle_users(variable):
-                if op.type == "ReadVariableOp":
-                    stray = stray or self._stray_reader(op.outputs[0])
-                elif (op.name, index) not in self._followed:
-                    stray = stray or op
-            if stray is None:
-                continue
-            reason = f"variable {variable.path} is also read by '{stray.name}'"
-            for axes in self._variable_axes[key]:
-                self.spaces.pin(self.variable_key(variable, axes), reason)
-        for key, variable in self._variables.items():
-            taken = [a for axes in self._variable_axes[key] for a in axes]
-            if len(taken) != len(set(taken)):
-                for axes in self._variable_axes[key]:
-                    reason = f"variable {variable.path} would be permuted twice along one axis"
-                    self.spaces.pin(self.variable_key(variable, axes), reason)
-
-    def _stray_reader(self, tensor):
-        """The first op reading `tensor` (a variable's value) that the walk
-        did not follow, or None."""
-        pending = [tensor]
-        while pending:
-            for op, index in self.graph.consumers(pending.pop()):
-                if op.type in oplists.SHAPE_READERS:
-                    continue
-                if (op.name, index) not in self._followed:
-                    return op
-                if not any(self.is_data(t) for t in op.outputs):
-                    pending.extend(op.outputs)
-        return None
-
-    def _kept_by_slice(self, op, dims):
-        """Input axis -> output axis of the axes a slice keeps whole, or None."""
-        if op.type == "Slice":
-            begin, size = (tf.get_static_value(t) for t in op.inputs[1:3])
-            if begin is None or size is None:
-                return None
-            return {a: a for a, d in enumerate(dims) if begin[a] == 0 and size[a] in (-1, d)}
-        begin, end, strides = (tf.get_static_value(t) for t in op.inputs[1:4])
-        if begin is None or end is None or strides is None:
-            return None
-        names = ("begin_mask", "end_mask", "shrink_axis_mask", "ellipsis_mask", "new_axis_mask")
-        masks = {name: op.get_attr(name) for name in names}
-        return channel_axes.kept_axes_of_slice(len(dims), begin, end, strides, masks, dims)
-
     def _layer_of(self, variable):
-        from tf_asp import compat
-
         for layer in compat.flatten_layers(self.graph.model):
             if any(w is variable for w in layer.weights):
                 return layer
         return None
-
-
-def _dims(tensor):
-    """A tensor's static shape as a tuple of ints, or None if not fully known."""
-    shape = tensor.shape
-    if shape.rank is None or any(d is None for d in shape):
-        return None
-    return tuple(int(d) for d in shape)
-
-
-def _operand_axes(operand, result, axes):
-    """The axes of a broadcast operand that meet `result`'s channel `axes`:
-    None when it is the same for every channel (size 1 there), () when it
-    broadcasts along some channel axes but not all."""
-    offset = result.shape.rank - operand.shape.rank
-    dims, result_dims = _dims(operand), _dims(result)
-    moved = tuple(a - offset for a in axes)
-    sizes = [dims[a] if a >= 0 else 1 for a in moved]
-    if all(size == 1 for size in sizes):
-        return None
-    if sizes != [result_dims[a] for a in axes]:
-        return ()
-    return moved
 
 
 def _nhwc(op):
