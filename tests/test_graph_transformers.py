@@ -15,10 +15,12 @@ import keras
 import numpy as np
 import pytest
 from helpers import encoder
+from helpers import encoder_block
 from helpers import permute_randomly
 from helpers import permuted_sets
 from helpers import randomize_normalization
 from helpers import skip_reasons
+from keras import ops
 
 import tf_asp
 from tf_asp import masks
@@ -233,6 +235,37 @@ def test_wrapped_step_on_an_embedded_encoder_prunes_every_gemm_2to4():
     model.fit(x, np.zeros((8, 16), "float32"), verbose=0)
     assert_pruned_2to4_along_input_axes(model)
     assert tf_asp.check_pruned_layers(model, check_structured=True) == (13, 13)
+
+
+class ClassToken(layers.Layer):
+    """A ViT's learned class token, put before the patches, and its learned
+    position embeddings, added."""
+
+    def build(self, shape):
+        self.token = self.add_weight(shape=(1, 1, shape[-1]), name="token")
+        self.positions = self.add_weight(shape=(shape[1] + 1, shape[-1]), name="positions")
+
+    def call(self, x):
+        token = ops.broadcast_to(self.token, (ops.shape(x)[0], 1, ops.shape(x)[-1]))
+        return ops.concatenate([token, x], axis=1) + self.positions
+
+
+def test_vision_transformer_class_token_moves_with_the_stream():
+    """Patches from a strided Conv2D, a class token concatenated along the
+    tokens (not the channels), the classifier reading it back as x[:, 0]."""
+    x = keras.Input((32, 32, 3))
+    h = layers.Reshape((16, 64))(layers.Conv2D(64, 8, strides=8, name="patches")(x))
+    h = encoder_block(ClassToken(name="cls")(h), "block_0")
+    model = keras.Model(x, layers.Dense(16, name="head")(h[:, 0]))
+    randomize_normalization(model)
+
+    groups, error = permute_randomly(model)
+
+    assert error <= TOLERANCE
+    stream = group_of(groups, "head")
+    assert stream.skip_reason is None
+    assert sorted(stream.producer_names) == ["attention_output", "block_0_ffn_out", "patches"]
+    assert {"cls/token", "cls/positions", "patches/bias"} <= {v.path for v in stream.vectors}
 
 
 # Sequence and separable convolutions -----------------------------------------
