@@ -123,6 +123,29 @@ def test_head_permutations_stay_within_their_heads():
         assert rows(after[0].transpose(1, 2, 0), head) == rows(before[0].transpose(1, 2, 0), head)
 
 
+@pytest.mark.parametrize(
+    "options, call",
+    [({}, {"use_causal_mask": True}), ({"dropout": 0.1}, {})],
+    ids=["causal mask", "dropout: transposes and matmuls instead of einsums"],
+)
+def test_every_keras_attention_path_permutes_within_heads(options, call):
+    x = keras.Input((16, 32))
+    h = layers.Dense(64, name="embed")(x)
+    a = layers.MultiHeadAttention(4, 16, name="attention", **options)(h, h, **call)
+    h = layers.LayerNormalization(name="norm")(layers.Add()([h, a]))
+    model = keras.Model(x, layers.Dense(16, name="head")(h))
+    randomize_normalization(model)
+
+    groups, error = permute_randomly(model)
+
+    assert error <= TOLERANCE
+    assert permuted_sets(groups) == (
+        {"query", "key", "value", "attention_output", "head"},
+        {"embed", "value", "attention_output"},
+    )
+    assert len(group_of(groups, "attention_output").segments) == 4
+
+
 def test_two_block_encoder_shares_one_stream_permutation():
     model = encoder(blocks=2, heads=4)
     randomize_normalization(model)

@@ -116,6 +116,10 @@ class ChannelSpaces:
         """Marks `key`'s space (and so all its leaves) as not permutable."""
         self._pins.setdefault(self.find(key), []).append(reason)
 
+    def pinned(self, key):
+        """Whether `key`'s whole space is pinned (so it is never permuted)."""
+        return bool(self._pins.get(self.find(key)))
+
     def leaves(self, key):
         """`(leaf root, offset)` of every leaf of `key`'s space, in channel order."""
         result = []

@@ -232,24 +232,32 @@ class ChannelWalk:
         return "allow"
 
     def _visit_product(self, op):
+        """A product carries one operand's channels into its output (the
+        values, through the attention weights), split into heads. An operand
+        whose space is already pinned (attention weights) carries nothing:
+        it is never permuted."""
         kind, y = op.type, op.outputs[0]
         specs = None if any(static_dims(t) is None for t in op.inputs) else self._product_specs(op)
         if specs is None:
             return self._unsupported(op, f"{kind} '{op.name}' is not a product tf_asp follows")
         self._layouts[y.ref()] = channel_axes.last_axis(y.shape.rank or 0)
-        carried = False
+        candidates = []
         for index, x in enumerate(op.inputs):
             if self.free(x):
                 continue
             if not self.is_data(x):
                 return self._unsupported(op, f"{kind} '{op.name}' multiplies by a variable")
             result = channel_axes.product_channels(*specs, index, self.layout(x), static_dims(x))
-            if carried:
-                result = "carries the channels of both operands"
             if isinstance(result, str):
                 self._pin(x, f"{kind} '{op.name}' {result}")
+            else:
+                candidates.append((x, result))
+        live = [c for c in candidates if not self.spaces.pinned(self.tensor_key(c[0]))]
+        carried = False
+        for number, (x, (axes, heads)) in enumerate(live or candidates):
+            if number:
+                self._pin(x, f"{kind} '{op.name}' carries the channels of both operands")
                 continue
-            axes, heads = result
             self._layouts[y.ref()] = axes
             self._split_heads(op, x, heads)
             carried = self._carry(x, y, axes)
