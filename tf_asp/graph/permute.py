@@ -130,7 +130,9 @@ def permute_model(
     The model computes the same function afterwards: each group's consumers
     get their input channels permuted, its producers their output channels,
     and every per-channel variable in between (bias, BatchNormalization,
-    LayerNormalization, depthwise kernels) moves with them. Nothing is
+    LayerNormalization, depthwise kernels, embedding tables, position
+    embeddings) moves with them; a group of several segments (attention
+    heads, the inputs of a channel concatenation) is permuted within each. Nothing is
     written until every group was searched, and with `verify=True` the
     outputs on a random batch are compared before and after: a mismatch
     restores the original weights and raises `PermutationError` naming the
@@ -143,7 +145,8 @@ def permute_model(
             `model.inputs` is unknown (a subclassed model).
         padding: the `padding` of the wrapper: which Dense layers are pruned.
         search_device: `"auto"`, `"GPU"`, `"CPU"` or `"numpy"`.
-        search_time_limit: seconds per group's search (None: no limit).
+        search_time_limit: seconds per group's search (None: no limit); a
+            group of several segments shares it among them by width.
         plot_to_file: write the op graph, coloured by what was permuted, to
             this `.png`, `.pdf`, `.svg` or `.dot` file.
         verify: compare the outputs before and after.
