@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import random_permutation
 
 from tf_asp.graph import ALLOW_OPS
 from tf_asp.graph import CLEAR_OPS
@@ -53,6 +54,21 @@ def lam(function):
 def shape_sum(reader):
     """Adds 0 * (sum of a shape-reading op's output): values untouched."""
     return lam(lambda t: t + 0.0 * tf.cast(tf.reduce_sum(reader(t)), t.dtype))
+
+
+def attend_within_rows(t):
+    """Attention-like: each pixel a softmax-weighted sum of its row's pixels
+    (a product of two tensors, batched over images and rows)."""
+    m = tf.reduce_mean(t, axis=-1, keepdims=True)
+    return tf.matmul(tf.nn.softmax(tf.matmul(m, m, transpose_b=True)), t)
+
+
+def scale_heads(t):
+    """Splits the 32 channels into 4 heads of 8 and weighs each head by a
+    softmax over the heads' means: the permutation stays within each head."""
+    heads = tf.reshape(t, (-1, 8, 8, 4, 8))
+    weights = tf.nn.softmax(tf.reduce_mean(heads, axis=-1), axis=-1)
+    return tf.reshape(tf.einsum("bhwnd,bhwn->bhwnd", heads, weights), (-1, 8, 8, 32))
 
 
 # op type -> a layer between a Conv2D producer (32 channels) and a Dense
@@ -104,6 +120,14 @@ EXAMPLES = {
     ),
     "MirrorPad": lambda: lam(lambda t: tf.pad(t, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")),
     "ConcatV2": lambda: lam(lambda t: tf.concat([t, 2.0 * t], axis=1)),
+    "StridedSlice": lambda: lam(lambda t: t[:, 1:]),
+    "Slice": lambda: lam(lambda t: tf.slice(t, [0, 1, 1, 0], [-1, 6, 6, -1])),
+    "BroadcastTo": lambda: lam(
+        lambda t: t + tf.broadcast_to(tf.reduce_max(t, axis=[1, 2], keepdims=True), tf.shape(t))
+    ),
+    "GatherV2": lambda: lam(lambda t: tf.gather(t, [0, 2, 5], axis=1)),
+    "BatchMatMulV2": lambda: lam(attend_within_rows),
+    "Einsum": lambda: lam(scale_heads),
     "Softmax": lambda: layers.Activation("softmax"),
     "LogSoftmax": lambda: lam(tf.nn.log_softmax),
     "Shape": lambda: shape_sum(lambda t: tf.raw_ops.Shape(input=t)),
@@ -135,7 +159,7 @@ def test_permutation_crosses_listed_op(op_type):
     assert op_type in {graph.function.graph.get_operation_by_name(n).type for n in group.ops}
     x = graph.sample_inputs[0]
     before = np.asarray(model(x))
-    permutation = np.random.default_rng(0).permutation(group.channels)
+    permutation = random_permutation(group, np.random.default_rng(0))
     apply.assign(apply.permuted_values([group], {group.id: permutation}))
     assert relative_error([before], [np.asarray(model(x))]) <= 1e-5
 
@@ -152,7 +176,9 @@ def test_skip_ops_are_in_every_graph_and_hidden_from_roles():
     "layer, reason",
     [
         (lam(lambda t: tf.reverse(t, axis=[-1])), "ReverseV2"),
-        (lam(lambda t: tf.transpose(t, [0, 1, 3, 2])), "Transpose"),
+        # The transpose moves the channels to axis 2, where the Dense's
+        # reshape mixes them with the others.
+        (lam(lambda t: tf.transpose(t, [0, 1, 3, 2])), "Reshape"),
         (layers.Reshape((32, 16, 64)), "Reshape"),
         (lam(lambda t: tf.concat([t[..., 16:], t[..., :16]], axis=-1)), "ConcatV2|StridedSlice"),
         (lam(lambda t: tf.nn.max_pool2d(t, [1, 1, 1, 2], [1, 1, 1, 2], "VALID")), "MaxPool"),
@@ -189,3 +215,76 @@ def test_a_wrong_list_entry_is_caught_by_verification(monkeypatch):
         permute_model(model, search_device="numpy", search_time_limit=5)
     for saved, variable in zip(weights, model.weights):
         np.testing.assert_array_equal(saved, variable.numpy())
+
+
+# GEMM layer -> its input axes and output axes as the graph reads its kernel
+# (through Reshape, Transpose, ExpandDims, Cast), between a Dense producer
+# and a Dense consumer on (batch, 16, 32) tensors.
+GEMMS = {
+    "Dense (MatMul)": (lambda: [layers.Dense(32, name="gemm")], (0,), (1,)),
+    "EinsumDense to heads (Reshape, BatchMatMulV2)": (
+        lambda: [layers.EinsumDense("abc,cde->abde", (16, 4, 8), name="gemm"), heads_to_channels()],
+        (0,),
+        (1, 2),
+    ),
+    "EinsumDense, kernel transposed (Transpose)": (
+        lambda: [layers.EinsumDense("abc,dce->abde", (16, 4, 8), name="gemm"), heads_to_channels()],
+        (1,),
+        (0, 2),
+    ),
+    "EinsumDense from heads": (
+        lambda: [
+            layers.Reshape((16, 4, 8)),
+            layers.EinsumDense("abcd,cde->abe", (16, 32), name="gemm"),
+        ],
+        (0, 1),
+        (2,),
+    ),
+    "Conv1D (ExpandDims)": (
+        lambda: [layers.Conv1D(32, 3, padding="same", name="gemm")],
+        (1,),
+        (2,),
+    ),
+    "Dense in float16 (Cast)": (
+        lambda: [
+            layers.Dense(32, name="gemm", dtype="mixed_float16"),
+            layers.Activation("linear", dtype="float32"),
+        ],
+        (0,),
+        (1,),
+    ),
+}
+
+
+def heads_to_channels():
+    return layers.Reshape((16, 32))
+
+
+@pytest.mark.parametrize("name", sorted(GEMMS))
+def test_gemm_kernels_are_read_along_their_registry_axes(name):
+    build, input_axes, output_axes = GEMMS[name]
+    x = keras.Input((16, 32))
+    y = layers.Dense(32, name="producer")(x)
+    for layer in build():
+        y = layer(y)
+    model = keras.Model(x, layers.Dense(16, name="consumer")(y))
+    graph = trace_model(model)
+    groups, _ = find_groups(graph)
+    gemm = model.get_layer("gemm")
+    reads = [g for g in groups if "gemm" in g.consumer_names]
+    writes = [g for g in groups if "consumer" in g.consumer_names]
+
+    assert [g.producer_names for g in reads] == [["producer"]]
+    assert [g.producer_names for g in writes] == [["gemm"]]
+    assert all(g.skip_reason is None for g in reads + writes)
+    (c_axes,) = {p.axes for p in reads[0].placements if p.variable is gemm.kernel}
+    (k_axes,) = {p.axes for p in writes[0].placements if p.variable is gemm.kernel}
+    assert (c_axes, k_axes) == (input_axes, output_axes)
+    assert reads[0].consumers[0].gemm.input_axes == input_axes  # what the registry prunes
+    before = np.asarray(model(graph.sample_inputs[0]))
+    rng = np.random.default_rng(0)
+    permutations = {g.id: random_permutation(g, rng) for g in reads + writes}
+    apply.assign(apply.permuted_values(reads + writes, permutations))
+    after = np.asarray(model(graph.sample_inputs[0]))
+    tolerance = 1e-3 if "float16" in name else 1e-5
+    assert relative_error([before], [after]) <= tolerance

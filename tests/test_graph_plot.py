@@ -1,9 +1,11 @@
-"""The op-graph plot: colours, group IDs, permuted dims and sparsity marks."""
+"""The op-graph plot: colours, group IDs (and their segments), permuted dims and
+sparsity marks."""
 
 import re
 
 import keras
 import pytest
+from helpers import encoder
 
 from tf_asp.graph.groups import find_groups
 from tf_asp.graph.plot import plot_graph
@@ -95,3 +97,48 @@ def test_resnet50_plot(tmp_path):
     assert "conv1_conv_1/convolution" in text  # the stem is drawn ...
     label, _ = node_label(text, "resnet50_1/conv1_conv_1/convolution")
     assert "[K]" in label and "S" not in label.split("\\n")[-1]  # ... 3 channels: not pruned
+
+
+def op_named(graph, kind, part):
+    """The name of the one op of type `kind` whose name contains `part`."""
+    (name,) = [op.name for op in graph.ops if op.type == kind and part in op.name]
+    return name
+
+
+def test_encoder_plot_shows_the_stream_and_the_heads(tmp_path):
+    graph = trace_model(encoder(blocks=1, vocabulary=100))
+    groups, roles = find_groups(graph)
+    text = open(plot_graph(graph, roles, groups, tmp_path / "encoder.dot")).read()
+    stream = [g for g in groups if "head" in g.consumer_names][0]
+    heads = [g for g in groups if "attention_output" in g.consumer_names][0]
+
+    # value: reads the stream (C), writes 4 heads (K); attention_output the reverse.
+    label, colour = node_label(text, op_named(graph, "BatchMatMulV2", "value"))
+    assert colour == "palegreen" and label.endswith(f"#{heads.id}(4),{stream.id} [K,C] S")
+    label, _ = node_label(text, op_named(graph, "BatchMatMulV2", "attention_output"))
+    assert label.endswith(f"#{stream.id},{heads.id}(4) [K,C] S")
+    label, _ = node_label(text, op_named(graph, "BatchMatMulV2", "query"))
+    assert label.endswith(f"#{stream.id} [C] S")
+    # Q.K stops a permutation; the weighted sum of V carries the heads.
+    _, colour = node_label(text, op_named(graph, "Einsum", "einsum/"))
+    assert colour == "tomato"
+    label, colour = node_label(text, op_named(graph, "Einsum", "einsum_1/"))
+    assert colour == "lightyellow" and label.endswith(f"#{heads.id}(4)")
+    # The embedding table and the position embedding move with the stream.
+    for kind, part in [("GatherV2", "tokens"), ("AddV2", "positions")]:
+        label, colour = node_label(text, op_named(graph, kind, part))
+        assert colour == "orange" and label.endswith(f"#{stream.id} [K]")
+    assert "a group of n segments" in text
+
+
+def test_concatenation_plot_shows_the_segments(tmp_path):
+    x = keras.Input((8, 8, 16))
+    a = layers.Conv2D(16, 1, name="a")(x)
+    b = layers.Conv2D(32, 1, name="b")(x)
+    y = layers.Conv2D(32, 1, name="reader")(layers.Concatenate(name="joined")([a, b]))
+    graph = trace_model(keras.Model(x, layers.Dense(16)(layers.GlobalAveragePooling2D()(y))))
+    groups, roles = find_groups(graph)
+    text = open(plot_graph(graph, roles, groups, tmp_path / "concat.dot")).read()
+    (group,) = [g for g in groups if "reader" in g.consumer_names]
+    label, colour = node_label(text, op_named(graph, "ConcatV2", "joined"))
+    assert colour == "lightyellow" and label.endswith(f"#{group.id}(2)")

@@ -170,7 +170,9 @@ def prunable_kernels(model, padding=False):
     for gemm in registry.gemm_layers(model):
         for kernel in gemm.prunable_kernels(padding):
             if all(kernel.variable is not k.variable for k in kernels.values()):
-                kernels[f"{gemm.name} {kernel.shape}"] = kernel
+                # Layer names repeat (the query of every MultiHeadAttention),
+                # variable paths do not.
+                kernels[f"{compat.variable_path(kernel.variable)} {kernel.shape}"] = kernel
         reason = gemm.unprunable_reason(padding)
         if reason is not None:
             dense.append(f"{gemm.name} ({reason})")

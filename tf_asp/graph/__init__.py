@@ -11,8 +11,11 @@ print(summary)
 ```
 
 The pipeline, one module each: `trace` (model -> op graph), `oplists` (which
-ops carry a permutation), `groups` (which kernels share one), `apply` (write
-the permuted weights), `permute` (search, apply, verify, report) and `plot`.
+ops carry a permutation), `axes` (where an op moves the channel axes),
+`spaces` (channel spaces, their concatenations and pins), `walk` (ops ->
+channel spaces), `groups` (which kernels share one permutation), `apply`
+(write the permuted weights), `verify` (the batch and the comparison),
+`permute` (search, apply, verify, report) and `plot`.
 """
 
 from tf_asp.graph.oplists import ALLOW_OPS

@@ -1,54 +1,58 @@
 """Permutation groups: the kernels and variables that share one permutation.
 
-A channel permutation lives on a *channel space*: a set of tensors whose last
-axis holds the same channels in the same order. Every op of the graph says
-which of its tensors (and which axis of which variable) share a channel space
-(see `oplists`): a Conv2D ties its input to axis -2 of its kernel and its
-output to axis -1; a ReLU ties its output to its input; a BiasAdd also ties
-its bias vector. Joining these ties gives the channel spaces; each one that
-feeds a prunable kernel is a permutation *group*:
+The walk (`graph/walk.py`) joins tensors and variable axes into channel
+spaces; a space that is a concatenation (of a `ConcatV2`'s inputs, of
+attention heads) is made of *leaf* spaces, each permuted within its own
+segment. A *group* is what one search serves: the leaves that prunable
+kernels read together (a DenseNet block's concatenations, a layer's heads),
+with
 
-- its *consumers* are the kernels read on axis -2 (C-permuted; several are
-  siblings and share one search on their concatenated matrices),
-- its *producers* are the kernels written on axis -1 (K-permuted),
-- its *vectors* are per-channel variables (bias, BatchNormalization,
-  LayerNormalization) and its *depthwise* kernels `(variable, axis)` are
-  permuted with them.
+- its *consumers*: the kernels whose input channels it holds (C-permuted;
+  siblings share the search, their matrices stacked),
+- its *producers*: the kernels whose output channels it holds and the
+  embedding tables gathered from (K-permuted),
+- its *vectors*: every other variable that holds its channels (biases,
+  BatchNormalization and LayerNormalization vectors, positional
+  embeddings), and its *depthwise* kernels, permuted with them,
+- its *segments*: one per leaf, in channel order. A permutation of the
+  group maps every segment onto itself.
 
-A group is *skipped* (left as it is, with a reason) when any of its tensors
-cannot be permuted: it is read or written by an unsupported op, it is a model
-input or output, or a kernel in it is also read some other way. This covers
-the three skip cases of the original tool (an unsupported op between two GEMM
-ops, an unsupported op on one branch, a branch that starts at the model
-input), and also catches a producer whose output leaves the model.
+A group is *skipped* (left as it is, with a reason) when any of its leaves
+cannot be permuted: an unsupported op reads or writes it, it is a model
+input or output, a variable in it is also read some other way, a
+concatenation's or a head's segments are not multiples of 4. So the seed's
+three skip cases are covered (an unsupported op between two GEMM ops, on one
+branch, a branch starting at the model input), and nothing is ever
+half-permuted.
 
 Non-prunable consumers in a group (a Dense with too few outputs, say) are
 C-permuted with it, so the model keeps computing the same function, but the
 search ignores them: their weights are never pruned.
 
 ```python
-groups = find_groups(trace_model(model))
+groups, roles = find_groups(trace_model(model))
 for group in groups:
-    print(group.id, group.consumer_names, group.skip_reason)
+    print(group.id, group.consumer_names, group.segments, group.skip_reason)
 ```
 """
 
+import collections
 import dataclasses
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_asp import compat
 from tf_asp import registry
-from tf_asp.graph import oplists
+from tf_asp.graph.walk import ChannelWalk
 
-_KERNEL_PATH_OPS = ("Identity", "Cast")
+Segment = collections.namedtuple("Segment", "start size")
 
 
 @dataclasses.dataclass(eq=False)
 class Kernel:
-    """A GEMM kernel in a group: its variable, layer, label and GEMM view.
+    """A GEMM kernel (or embedding table) in a group: its variable, layer,
+    label and GEMM view.
 
     `gemm` is the registry's `GemmKernel` (None for a kernel no layer
     describes); `prunable` says whether tf_asp prunes it, `reason` why not.
@@ -62,18 +66,40 @@ class Kernel:
     gemm: object = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a group's channels lie on a variable.
+
+    Channels `[start, start + size)` of the group are the indices
+    `[offset, offset + size)` of the variable's `axes`, flattened row-major
+    in the order listed (`(1, 2)` for the heads and head_dim of an attention
+    projection's `(C, heads, head_dim)` kernel).
+    """
+
+    variable: object
+    axes: tuple
+    offset: int
+    start: int
+    size: int
+
+
 @dataclasses.dataclass(eq=False)
 class Group:
     """The consumers, producers and variables sharing one permutation."""
 
     id: int
-    channels: int
+    segments: tuple
     consumers: list
     producers: list
     vectors: list
     depthwise: list
+    placements: list
     ops: list
     skip_reason: str = None
+
+    @property
+    def channels(self):
+        return sum(segment.size for segment in self.segments)
 
     @property
     def consumer_names(self):
@@ -87,290 +113,146 @@ class Group:
     def prunable_consumers(self):
         return [k for k in self.consumers if k.prunable]
 
-    def search_matrix(self):
-        """The prunable consumers' kernels as one (rows, C) matrix.
+    def search_blocks(self):
+        """Per segment, `(kernel, block)` for every prunable consumer reading it.
 
-        Each kernel is viewed with its input channels as columns (a Dense
-        `(C, K)` kernel as `(K, C)`, a Conv2D `(H, W, C, K)` kernel as
-        `(K*H*W, C)`); siblings are stacked along the rows.
+        A block is the columns of the kernel's search matrix (one row per
+        output and tap, one column per input channel: a Dense `(C, K)` kernel
+        as `(K, C)`, a Conv2D `(H, W, C, K)` one as `(K*H*W, C)`) that the
+        segment's channels are. A segment's search stacks its blocks.
         """
-        return np.concatenate(
-            [k.gemm.search_matrix(k.variable.numpy()) for k in self.prunable_consumers]
-        )
+        blocks = [[] for _ in self.segments]
+        starts = {segment.start: i for i, segment in enumerate(self.segments)}
+        for kernel in self.prunable_consumers:
+            matrix = kernel.gemm.search_matrix(kernel.variable.numpy())
+            for placement in self.placements:
+                if (
+                    placement.variable is kernel.variable
+                    and placement.axes == kernel.gemm.input_axes
+                ):
+                    columns = matrix[:, placement.offset : placement.offset + placement.size]
+                    blocks[starts[placement.start]].append((kernel, columns))
+        return blocks
+
+    def search_matrices(self):
+        """Per segment, its prunable consumers' blocks stacked (None if none)."""
+        return [
+            np.concatenate([block for _, block in blocks]) if blocks else None
+            for blocks in self.search_blocks()
+        ]
 
 
 def find_groups(graph, padding=False):
     """Finds the permutation groups of an `OpGraph`.
 
-    Only channel spaces that feed at least one prunable kernel are groups.
+    Only leaves that feed at least one prunable kernel make groups.
 
     Returns:
         `(groups, roles)`: the groups (skipped ones have a `skip_reason`) and,
         for plotting, a dict from the name of every op on the data path to
         `(role, input group, output group)`: its role is `"allow"`,
         `"infer"`, `"clear"` or `"unsupported"`, and the groups (or None)
-        hold the channels of its first input and of its output.
+        hold the channels of its input and of its output.
     """
-    return _Analysis(graph, padding).run()
+    walk = ChannelWalk(graph).run()
+    builder = _GroupBuilder(walk, padding)
+    groups = builder.groups()
+    return groups, builder.plot_roles(groups)
 
 
-class _Analysis:
-    def __init__(self, graph, padding):
-        self.graph = graph
+class _GroupBuilder:
+    def __init__(self, walk, padding):
+        self.walk = walk
+        self.spaces = walk.spaces
         self.padding = padding
-        self.parent = {}
-        self.pins = {}
-        self.data = {t.ref() for t in graph.inputs}
-        self.gemms = []  # (op, variable)
-        self.depthwise = []  # (variable, channel axis)
-        self.vectors = {}  # id(variable) -> variable
-        self.kernel_reads = []  # (ReadVariableOp, variable)
-        self.kernel_inputs = set()  # refs of tensors feeding a kernel input
-        self.roles = {}  # op name -> role
-        self.group_by_root = {}
-        self.layers = _layers_by_variable(graph.model)
-        self.labels = _layer_labels(graph.model)
+        self.layers = _layers_by_variable(walk.graph.model)
+        self.labels = _layer_labels(walk.graph.model)
+        self.group_of_leaf = {}
 
-    # Union-find over channel slots ----------------------------------------
+    def groups(self):
+        members = self._members()
+        leaves = [self.spaces.leaves(self.walk.variables.key(v, axes)) for _, v, axes in members]
+        components = _Components()
+        for found in leaves:
+            components.join([leaf for leaf, _ in found])
+        by_component = {}
+        for member, found in zip(members, leaves):
+            by_component.setdefault(components.find(found[0][0]), []).append((member, found))
+        pins = self.spaces.leaf_pins()
+        groups = []
+        for component in by_component.values():
+            group = self._group(len(groups), component, pins)
+            if group is not None:
+                groups.append(group)
+        return groups
 
-    def _find(self, key):
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
-
-    def _union(self, a, b):
-        ra, rb = self._find(a), self._find(b)
-        if ra != rb:
-            self.parent[ra] = rb
-            self.pins.setdefault(rb, []).extend(self.pins.pop(ra, []))
-
-    def _pin(self, key, reason):
-        self.pins.setdefault(self._find(key), []).append(reason)
-
-    def _tie(self, a, b):
-        """Ties two tensors' channels; a channel-free tensor ties nothing."""
-        ca, cb = _channels(a), _channels(b)
-        if _free(ca) and _free(cb):
-            return True
-        if ca is None or cb is None or ca != cb:
-            return False
-        self._union(_slot(a), _slot(b))
-        return True
-
-    # Walk -----------------------------------------------------------------
-
-    def run(self):
-        for tensor in self.graph.inputs:
-            self._pin(_slot(tensor), f"model input '{tensor.op.name}'")
-        for tensor in self.graph.outputs:
-            self._pin(_slot(tensor), "model output")
-        for op in self.graph.ops:
-            reads_data = any(t.ref() in self.data for t in op.inputs)
-            if reads_data and op.type not in oplists.SHAPE_READERS:
-                self.data.update(t.ref() for t in op.outputs)
-            role = self._visit(op)
-            if reads_data or op.type in oplists.ALLOW_OPS:
-                self.roles[op.name] = role
-        self._check_kernel_reads()
-        return self._groups(), self._plot_roles()
-
-    def _visit(self, op):
-        kind = op.type
-        if kind in oplists.SKIP_OPS:
-            self._visit_skip(op)
-            return "skip"
-        if kind in oplists.ALLOW_OPS:
-            return self._visit_gemm(op)
-        if kind in oplists.DEPTHWISE:
-            return self._visit_depthwise(op)
-        if kind in oplists.GROUPED_CONV_CALLS:
-            return self._visit_grouped_conv(op)
-        if kind in oplists.PER_CHANNEL:
-            return self._visit_per_channel(op)
-        if kind in oplists.ELEMENTWISE_BINARY:
-            return self._visit_elementwise(op)
-        if kind in oplists.SHAPE_READERS:
-            return "clear"
-        if kind in oplists.REDUCTIONS:
-            return self._visit_reduction(op)
-        ties = self._pass_through(op)
-        if ties is not None and all(self._tie(a, b) for a, b in ties):
-            return "clear"
-        return self._unsupported(op, f"{kind} '{op.name}' cannot carry it")
-
-    def _pass_through(self, op):
-        """The (input, output) pairs a clear op ties, or None if it cannot."""
-        kind, x, y = op.type, op.inputs[0] if op.inputs else None, op.outputs[0]
-        if kind in oplists.ELEMENTWISE_UNARY | oplists.SOFTMAX:
-            return [(x, y)]
-        if kind in oplists.IDENTITY_N:
-            return list(zip(op.inputs, op.outputs))
-        if kind in oplists.RESHAPES:
-            return [(x, y)]
-        if kind in oplists.TRANSPOSES:
-            perm = tf.get_static_value(op.inputs[1])
-            if perm is not None and list(perm)[-1] == len(perm) - 1:
-                return [(x, y)]
-            return None if not _free(_channels(x)) else []
-        if kind in oplists.POOLING:
-            if _nhwc(op) and op.get_attr("ksize")[-1] == 1 and op.get_attr("strides")[-1] == 1:
-                return [(x, y)]
-            return None
-        if kind in oplists.PADDING:
-            paddings = tf.get_static_value(op.inputs[1])
-            if paddings is not None and not np.any(paddings[-1]):
-                return [(x, y)]
-            return None
-        if kind in oplists.CONCATENATION:
-            axis, rank = tf.get_static_value(op.inputs[-1]), y.shape.rank
-            if axis is None or rank is None or int(axis) % rank == rank - 1:
-                return None
-            return [(t, y) for t in op.inputs[:-1]]
-        return None
-
-    def _visit_skip(self, op):
-        if op.type == "Const":
-            if not _free(_channels(op.outputs[0])):
-                self._pin(_slot(op.outputs[0]), f"per-channel constant '{op.name}'")
-        elif op.type == "ReadVariableOp":
-            variable = self.graph.variable(op)
-            y = op.outputs[0]
-            if variable is None:
-                self._pin(_slot(y), f"variable read by '{op.name}' is not the model's")
-            elif _is_vector(variable):
-                self.vectors[id(variable)] = variable
-                self._union(_slot(y), _variable_slot(variable, -1))
-            elif not _free(_channels(y)):
-                self.kernel_reads.append((op, variable))
-
-    def _visit_gemm(self, op):
-        x, y = op.inputs[0], op.outputs[0]
-        variable = self._kernel(op.inputs[1])
-        if variable is None:
-            return self._unsupported(op, f"{op.type} '{op.name}' has no kernel variable")
-        if op.type == "MatMul" and (op.get_attr("transpose_a") or op.get_attr("transpose_b")):
-            return self._unsupported(op, f"transposed MatMul '{op.name}'")
-        if op.type == "Conv2D" and not _nhwc(op):
-            return self._unsupported(op, f"Conv2D '{op.name}' is not NHWC")
-        shape = tuple(variable.shape)
-        if _channels(x) != shape[-2] or _channels(y) != shape[-1]:
-            # A grouped convolution's kernel sees a slice of the channels.
-            return self._unsupported(
-                op, f"{op.type} '{op.name}' kernel {shape} does not match its input"
-            )
-        self._union(_slot(x), _variable_slot(variable, -2))
-        self._union(_slot(y), _variable_slot(variable, -1))
-        self.gemms.append((op, variable))
-        return "allow"
-
-    def _visit_depthwise(self, op):
-        x, y = op.inputs[0], op.outputs[0]
-        variable = self._kernel(op.inputs[1])
-        if variable is None or not _nhwc(op):
-            return self._unsupported(op, f"depthwise '{op.name}' is not supported")
-        if variable.shape[-1] != 1:
-            return self._unsupported(
-                op, f"depthwise '{op.name}' has depth multiplier {variable.shape[-1]}"
-            )
-        if not self._tie(x, y):
-            return self._unsupported(op, f"depthwise '{op.name}' changes the channels")
-        self._union(_slot(x), _variable_slot(variable, -2))
-        self.depthwise.append((variable, -2))
-        return "infer"
-
-    def _visit_grouped_conv(self, op):
-        handles = [t for t in op.inputs if t.dtype == tf.resource]
-        data = [t for t in op.inputs if t.dtype != tf.resource]
-        variables = [self.graph.captured_variable(t) for t in handles]
-        layer = self.layers.get(id(variables[0])) if len(variables) == 1 else None
-        if (
-            not isinstance(layer, keras.layers.Conv2D)
-            or layer.kernel is not variables[0]
-            or len(data) != 1
-            or len(op.outputs) != 1
-            or tuple(variables[0].shape)[-2] != 1
-            or layer.groups != _channels(data[0])
-            or not self._tie(data[0], op.outputs[0])
+    def _members(self):
+        """`(role, variable, axes)` of every variable axis in a space, consumers first."""
+        members = [("consumer", use.variable, use.input_axes) for use in self.walk.kernels]
+        members += [("producer", use.variable, use.output_axes) for use in self.walk.kernels]
+        for role, found in (
+            ("table", self.walk.variables.tables),
+            ("vector", self.walk.variables.vectors),
+            ("depthwise", self.walk.variables.depthwise),
         ):
-            return self._unsupported(op, f"function call '{op.name}' cannot carry it")
-        self._union(_slot(data[0]), _variable_slot(variables[0], -1))
-        self.depthwise.append((variables[0], -1))
-        return "infer"
+            members += [(role, variable, axes) for variable, axes in found.values()]
+        unique = {}
+        for role, variable, axes in members:
+            unique.setdefault((role, id(variable), axes), (role, variable, axes))
+        return list(unique.values())
 
-    def _visit_per_channel(self, op):
-        x, y = op.inputs[0], op.outputs[0]
-        if not _nhwc(op) or (op.type == "FusedBatchNormV3" and op.get_attr("is_training")):
-            return self._unsupported(op, f"{op.type} '{op.name}' is not NHWC inference")
-        operands = op.inputs[1:5] if op.type == "FusedBatchNormV3" else op.inputs[1:2]
-        if not all(self._tie(x, t) for t in (y,) + tuple(operands)):
-            return self._unsupported(op, f"{op.type} '{op.name}' operands do not match")
-        return "infer"
-
-    def _visit_elementwise(self, op):
-        y = op.outputs[0]
-        role = "clear"
-        for t in op.inputs:
-            if _free(_channels(t)):
-                continue
-            if not self._tie(t, y):
-                return self._unsupported(
-                    op, f"{op.type} '{op.name}' broadcasts across the channels"
-                )
-            if t.ref() not in self.data:
-                role = "infer"  # the operand is computed from variables only
-        return role
-
-    def _visit_reduction(self, op):
-        x, y = op.inputs
-        axes, rank = tf.get_static_value(y), x.shape.rank
-        if axes is None or rank is None:
-            return self._unsupported(op, f"{op.type} '{op.name}' has unknown axes")
-        if rank - 1 in {int(a) % rank for a in np.ravel(axes)}:
-            return "clear"  # over the channels: invariant to their order
-        if self._tie(x, op.outputs[0]):
-            return "clear"
-        return self._unsupported(op, f"{op.type} '{op.name}' moves the channels")
-
-    def _unsupported(self, op, reason):
-        for tensor in list(op.inputs) + list(op.outputs):
-            if tensor.dtype != tf.resource and not _free(_channels(tensor)):
-                self._pin(_slot(tensor), reason)
-        return "unsupported"
-
-    def _kernel(self, tensor):
-        """The variable a kernel input reads (through Identity and Cast)."""
-        path = [tensor]
-        while tensor.op.type in _KERNEL_PATH_OPS:
-            tensor = tensor.op.inputs[0]
-            path.append(tensor)
-        if tensor.op.type != "ReadVariableOp":
+    def _group(self, number, component, pins):
+        """The group of one component: `[((role, variable, axes), leaves), ...]`."""
+        consumers = self._records(v for (role, v, _), _ in component if role == "consumer")
+        if not any(k.prunable for k in consumers):
             return None
-        variable = self.graph.variable(tensor.op)
-        if variable is not None and len(variable.shape) >= 2:
-            self.kernel_inputs.update(t.ref() for t in path)
-            return variable
-        return None
+        starts = {}
+        for _, found in component:
+            for leaf, _ in found:
+                if leaf not in starts:
+                    starts[leaf] = sum(self.spaces.size(other) for other in starts)
+        segments = tuple(Segment(start, self.spaces.size(leaf)) for leaf, start in starts.items())
+        placements = [
+            Placement(variable, axes, offset, starts[leaf], self.spaces.size(leaf))
+            for (_, variable, axes), found in component
+            for leaf, offset in found
+        ]
+        reasons = [reason for leaf in starts for reason in pins.get(leaf, [])]
+        kernels = {id(k.variable): k for k in consumers}
+        for (role, variable, axes), _ in component:
+            kernel = kernels.get(id(variable))
+            if role == "consumer" and kernel.prunable and axes != kernel.gemm.input_axes:
+                reasons.append(
+                    f"{kernel.name} is read along kernel axes {axes} but pruned along "
+                    f"{kernel.gemm.input_axes}"
+                )
+        odd = [segment.size for segment in segments if segment.size % 4]
+        if odd and len(segments) == 1:
+            reasons.append(f"{odd[0]} channels is not a multiple of 4")
+        elif odd:
+            reasons.append(f"a segment of {odd[0]} channels is not a multiple of 4")
+        group = Group(
+            id=number,
+            segments=segments,
+            consumers=consumers,
+            producers=self._records(
+                v for (role, v, _), _ in component if role in ("producer", "table")
+            ),
+            vectors=list({id(v): v for (role, v, _), _ in component if role == "vector"}.values()),
+            depthwise=[(v, axes) for (role, v, axes), _ in component if role == "depthwise"],
+            placements=placements,
+            ops=[],
+            skip_reason=_summarize(reasons),
+        )
+        for leaf in starts:
+            self.group_of_leaf[leaf] = group
+        return group
 
-    def _check_kernel_reads(self):
-        """Pins a kernel that is also read by anything but its GEMM op."""
-        for read, variable in self.kernel_reads:
-            pending = [read.outputs[0]]
-            while pending:
-                tensor = pending.pop()
-                for op, index in self.graph.consumers(tensor):
-                    if op.type in _KERNEL_PATH_OPS:
-                        pending.append(op.outputs[0])
-                    elif index != 1 or tensor.ref() not in self.kernel_inputs:
-                        path = compat.variable_path(variable)
-                        reason = f"kernel {path} is also read by '{op.name}'"
-                        self._pin(_variable_slot(variable, -2), reason)
-                        self._pin(_variable_slot(variable, -1), reason)
+    def _records(self, variables):
+        unique = {id(v): v for v in variables}
+        return [self._record(v) for v in unique.values()]
 
-    # Results --------------------------------------------------------------
-
-    def _kernel_record(self, variable):
+    def _record(self, variable):
         layer = self.layers.get(id(variable))
         name = self.labels.get(id(layer), compat.variable_path(variable))
         if layer is None:
@@ -384,103 +266,54 @@ class _Analysis:
             reason = gemm_layer.reason or gemm.unprunable_reason(self.padding)
         return Kernel(variable, layer, name, reason is None, reason or "", gemm)
 
-    def _groups(self):
-        spaces = {}  # root -> dict of lists, in graph order
-
-        def space(key):
-            root = self._find(key)
-            if root not in spaces:
-                spaces[root] = dict(consumers={}, producers={}, depthwise={}, vectors={})
-            return spaces[root]
-
-        for _, variable in self.gemms:
-            space(_variable_slot(variable, -2))["consumers"][id(variable)] = variable
-            space(_variable_slot(variable, -1))["producers"][id(variable)] = variable
-        for variable, axis in self.depthwise:
-            space(_variable_slot(variable, axis))["depthwise"][id(variable)] = (variable, axis)
-        for variable in self.vectors.values():
-            space(_variable_slot(variable, -1))["vectors"][id(variable)] = variable
-
-        groups = []
-        for root, members in spaces.items():
-            consumers = [self._kernel_record(v) for v in members["consumers"].values()]
-            if not any(k.prunable for k in consumers):
-                continue
-            channels = int(consumers[0].variable.shape[-2])
-            reason = None
-            if self.pins.get(root):
-                reasons = list(dict.fromkeys(self.pins[root]))
-                more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
-                reason = "; ".join(reasons[:3]) + more
-            elif channels % 4:
-                reason = f"{channels} channels is not a multiple of 4"
-            groups.append(
-                Group(
-                    id=len(groups),
-                    channels=channels,
-                    consumers=consumers,
-                    producers=[self._kernel_record(v) for v in members["producers"].values()],
-                    vectors=list(members["vectors"].values()),
-                    depthwise=list(members["depthwise"].values()),
-                    ops=[],
-                    skip_reason=reason,
-                )
-            )
-            self.group_by_root[root] = groups[-1]
-        return groups
-
-    def _plot_roles(self):
+    def plot_roles(self, groups):
         """Op name -> (role, group of its input channels, of its output)."""
-        by_root = self.group_by_root
         roles = {}
-        for op in self.graph.ops:
-            role = self.roles.get(op.name)
+        for op in self.walk.graph.ops:
+            role = self.walk.roles.get(op.name)
             if role is None or role == "skip":
                 continue
-            data_inputs = [t for t in op.inputs[:1] if t.dtype != tf.resource]
-            group_in = by_root.get(self._find(_slot(data_inputs[0]))) if data_inputs else None
-            group_out = by_root.get(self._find(_slot(op.outputs[0]))) if op.outputs else None
+            inputs = [self._group_of(t) for t in op.inputs if t.dtype != tf.resource]
+            group_in = next((g for g in inputs if g is not None), None)
+            group_out = self._group_of(op.outputs[0]) if op.outputs else None
             for group in {id(g): g for g in (group_in, group_out) if g is not None}.values():
                 group.ops.append(op.name)
             roles[op.name] = (role, group_in, group_out)
         return roles
 
+    def _group_of(self, tensor):
+        key = ("tensor", tensor.ref())
+        if key not in self.spaces:
+            return None
+        leaves = self.spaces.leaves(key)
+        return self.group_of_leaf.get(leaves[0][0]) if leaves else None
 
-def _slot(tensor):
-    return ("tensor", tensor.ref())
+
+class _Components:
+    """Union-find over leaves: those read together make one group."""
+
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, key):
+        self.parent.setdefault(key, key)
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def join(self, keys):
+        roots = [self.find(k) for k in keys]
+        for root in roots[1:]:
+            self.parent[self.find(root)] = self.find(roots[0])
 
 
-def _variable_slot(variable, axis):
-    return ("variable", id(variable), axis)
-
-
-def _channels(tensor):
-    """The channel count (last dim) of a tensor: 0 for a scalar, None if unknown."""
-    rank = tensor.shape.rank
-    if rank is None:
+def _summarize(reasons):
+    reasons = list(dict.fromkeys(reasons))
+    if not reasons:
         return None
-    if rank == 0:
-        return 0
-    return tensor.shape[-1]
-
-
-def _free(channels):
-    """A scalar or size-1 last axis carries no channels (it broadcasts)."""
-    return channels in (0, 1)
-
-
-def _is_vector(variable):
-    """A per-channel variable: shape (C,), or (1, ..., 1, C)."""
-    shape = tuple(variable.shape)
-    return len(shape) >= 1 and shape[-1] > 1 and all(d == 1 for d in shape[:-1])
-
-
-def _nhwc(op):
-    try:
-        data_format = op.get_attr("data_format")
-    except ValueError:
-        return True
-    return data_format in (b"NHWC", b"NDHWC", "NHWC")
+    more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+    return "; ".join(reasons[:3]) + more
 
 
 def _layers_by_variable(model):

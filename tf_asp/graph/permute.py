@@ -10,8 +10,10 @@ from tf_asp.graph import apply
 from tf_asp.graph import verify as verification
 from tf_asp.graph.groups import find_groups
 from tf_asp.graph.plot import plot_graph
+from tf_asp.graph.spaces import format_sizes
 from tf_asp.graph.trace import trace_model
 from tf_asp.log import logger
+from tf_asp.search import efficacy
 from tf_asp.search import find_permutation
 from tf_asp.search import kept_magnitude
 
@@ -25,7 +27,12 @@ class PermutationError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class GroupResult:
-    """One permuted group: its layers and how much its search gained."""
+    """One permuted group: its layers and how much its search gained.
+
+    A group of several segments (attention heads, the inputs of a channel
+    concatenation) was searched segment by segment; its figures add up the
+    segments', and its efficacy is measured against the segments' bound.
+    """
 
     id: int
     consumers: tuple  # C-permuted layers (input channels)
@@ -37,13 +44,15 @@ class GroupResult:
     backend: str
     duration: float  # seconds of search
     note: str = ""
+    segments: tuple = ()  # sizes of the segments, when more than one
 
     def __str__(self):
         note = f" ({self.note})" if self.note else ""
+        segments = f" in segments {format_sizes(self.segments)}" if len(self.segments) > 1 else ""
         return (
             f"group {self.id}: C-permuted {', '.join(self.consumers)}; "
             f"K-permuted {', '.join(self.producers) or '-'}; {self.channels} "
-            f"channels, efficacy {self.efficacy:.1f}% in {self.duration:.2f} s "
+            f"channels{segments}, efficacy {self.efficacy:.1f}% in {self.duration:.2f} s "
             f"({self.backend}){note}"
         )
 
@@ -121,7 +130,9 @@ def permute_model(
     The model computes the same function afterwards: each group's consumers
     get their input channels permuted, its producers their output channels,
     and every per-channel variable in between (bias, BatchNormalization,
-    LayerNormalization, depthwise kernels) moves with them. Nothing is
+    LayerNormalization, depthwise kernels, embedding tables, position
+    embeddings) moves with them; a group of several segments (attention
+    heads, the inputs of a channel concatenation) is permuted within each. Nothing is
     written until every group was searched, and with `verify=True` the
     outputs on a random batch are compared before and after: a mismatch
     restores the original weights and raises `PermutationError` naming the
@@ -134,7 +145,8 @@ def permute_model(
             `model.inputs` is unknown (a subclassed model).
         padding: the `padding` of the wrapper: which Dense layers are pruned.
         search_device: `"auto"`, `"GPU"`, `"CPU"` or `"numpy"`.
-        search_time_limit: seconds per group's search (None: no limit).
+        search_time_limit: seconds per group's search (None: no limit); a
+            group of several segments shares it among them by width.
         plot_to_file: write the op graph, coloured by what was permuted, to
             this `.png`, `.pdf`, `.svg` or `.dot` file.
         verify: compare the outputs before and after.
@@ -184,16 +196,11 @@ def permute_model(
 
     permutations, results = {}, []
     for group in _progress(active):
-        result = search(
-            group.search_matrix(),
-            device=search_device,
-            time_limit=search_time_limit,
-            seed=seed,
+        permutations[group.id], result = _search_group(
+            group, search, search_device, search_time_limit, seed
         )
-        permutation, note = _no_layer_loses(group, result.permutation)
-        permutations[group.id] = permutation
-        results.append(_group_result(group, result, note))
-        logger.info("Permutation %s", results[-1])
+        results.append(result)
+        logger.info("Permutation %s", result)
 
     values = apply.permuted_values(active, permutations)
     before = graph.run(inputs) if verify else None
@@ -213,35 +220,63 @@ def permute_model(
     return summary
 
 
-def _no_layer_loses(group, permutation):
-    """The permutation, or the identity if some consumer would keep less.
+def _search_group(group, search, device, time_limit, seed):
+    """`(permutation, GroupResult)` of a group, searched segment by segment.
 
-    The search maximizes the magnitude kept by all siblings together; this
-    makes sure no single pruned layer is worse off than unpermuted.
+    Each segment's search sees the stacked columns its prunable consumers
+    hold there (2:4 groups never straddle segments, whose sizes are
+    multiples of 4), and gets a share of the time limit by its width. A
+    segment no prunable kernel reads, or of only 4 channels, keeps its order.
     """
-    permutation = apply.check_permutation(permutation, group.channels)
-    for kernel in group.prunable_consumers:
-        matrix = kernel.gemm.search_matrix(kernel.variable.numpy())
-        identity = kept_magnitude(matrix)
-        if kept_magnitude(matrix, permutation) < identity * (1 - 1e-6):
-            note = f"identity kept: {kernel.name} would keep less"
-            return np.arange(group.channels), note
-    return permutation, ""
-
-
-def _group_result(group, result, note):
-    return GroupResult(
+    permutation = apply.identity(group.segments)
+    kept = identity_kept = bound = duration = 0.0
+    backends, losers = set(), []
+    for segment, blocks in zip(group.segments, group.search_blocks()):
+        if not blocks or segment.size <= 4:
+            continue
+        matrix = np.concatenate([block for _, block in blocks])
+        share = None if time_limit is None else time_limit * segment.size / group.channels
+        result = search(matrix, device=device, time_limit=share, seed=seed)
+        order = apply.check_permutation(result.permutation, [(0, segment.size)])
+        loser = _first_loser(blocks, order)
+        if loser is not None:
+            order, losers = np.arange(segment.size), losers + [loser]
+        permutation[segment.start : segment.start + segment.size] = segment.start + order
+        kept += result.identity_magnitude if loser else result.magnitude
+        identity_kept += result.identity_magnitude
+        bound += result.bound
+        duration += result.duration
+        backends.add(str(result.backend))
+    note = ""
+    if losers:
+        where = "" if len(group.segments) == 1 else f" in {len(losers)} segments"
+        note = f"identity kept{where}: {', '.join(dict.fromkeys(losers))} would keep less"
+    return permutation, GroupResult(
         id=group.id,
         consumers=tuple(group.consumer_names),
         producers=tuple(group.producer_names),
         channels=group.channels,
-        efficacy=0.0 if note else float(result.efficacy),
-        magnitude=float(result.identity_magnitude if note else result.magnitude),
-        identity_magnitude=float(result.identity_magnitude),
-        backend=str(result.backend),
-        duration=float(result.duration),
+        efficacy=float(efficacy(kept, identity_kept, bound)),
+        magnitude=float(kept),
+        identity_magnitude=float(identity_kept),
+        backend="/".join(sorted(backends)) or "-",
+        duration=float(duration),
         note=note,
+        segments=tuple(s.size for s in group.segments) if len(group.segments) > 1 else (),
     )
+
+
+def _first_loser(blocks, order):
+    """The first layer that would keep less with `order` than without.
+
+    The search maximizes the magnitude all siblings keep together; this
+    makes sure no single pruned layer is worse off than unpermuted.
+    """
+    for kernel, block in blocks:
+        identity = kept_magnitude(block)
+        if kept_magnitude(block, order) < identity * (1 - 1e-6):
+            return kernel.name
+    return None
 
 
 def _verify(graph, inputs, before, groups, permutations, originals):

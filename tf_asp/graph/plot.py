@@ -4,8 +4,10 @@ Colours follow the original tool: green = a GEMM op that was permuted or
 pruned, yellow = passes a permutation through (clear list), orange = passes
 it through and permutes a variable of its own (infer list), red = cannot
 carry a permutation (unsupported). Each label holds the op name, its type and
-then the group IDs (`#K,C` for a GEMM op between two groups), the dims that
-were permuted (`[K]`, `[C]`, `[K,C]`) and `S` when its kernel is sparsified.
+then the group IDs (`#K,C` for a GEMM op between two groups; `#3(4)` for
+group 3 made of 4 segments: attention heads, or the inputs of a channel
+concatenation), the dims that were permuted (`[K]`, `[C]`, `[K,C]`) and `S`
+when its kernel is sparsified.
 Skip-list ops (constants, placeholders, variable reads) and the ops that only
 compute on variables are hidden.
 
@@ -18,6 +20,7 @@ import os
 import shutil
 import warnings
 
+from tf_asp.graph import oplists
 from tf_asp.log import logger
 
 COLOURS = {
@@ -96,6 +99,7 @@ _LEGEND = (
     "orange: permutes its variables and passes through\\l"
     "red: cannot carry a permutation\\l"
     "#ids [K,C]: permutation groups and permuted dims; S: sparsified\\l"
+    "#id(n): a group of n segments (heads, concatenated inputs)\\l"
 )
 
 
@@ -107,7 +111,7 @@ def _describe(op, role_and_groups, sparse, active, graph):
     colour = COLOURS[role]
     if role == "allow":
         dims = [d for d, g in (("K", group_out), ("C", group_in)) if g is not None]
-        ids = [str(g.id) for g in (group_out, group_in) if g is not None]
+        ids = [_tag(g) for g in (group_out, group_in) if g is not None]
         kernel = _kernel_of(op, graph)
         is_sparse = kernel is not None and id(kernel) in sparse
         tag = f"#{','.join(ids)} [{','.join(dims)}]" if dims else ""
@@ -119,15 +123,20 @@ def _describe(op, role_and_groups, sparse, active, graph):
     else:
         group = group_out or group_in
         if group is not None and role == "infer":
-            lines.append(f"#{group.id} [K]")  # its variables are K-permuted
+            lines.append(f"#{_tag(group)} [K]")  # its variables are K-permuted
         elif group is not None and role == "clear":
-            lines.append(f"#{group.id}")
+            lines.append(f"#{_tag(group)}")
     return '"' + "\\n".join(lines) + '"', colour
+
+
+def _tag(group):
+    segments = len(group.segments)
+    return f"{group.id}({segments})" if segments > 1 else str(group.id)
 
 
 def _kernel_of(op, graph):
     tensor = op.inputs[1]
-    while tensor.op.type in ("Identity", "Cast"):
+    while tensor.op.type in oplists.KERNEL_PATH:
         tensor = tensor.op.inputs[0]
     return graph.variable(tensor.op)
 

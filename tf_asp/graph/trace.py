@@ -50,9 +50,13 @@ class OpGraph:
         self.outputs = list(function.graph.outputs)
         variables = {id(h): v for v in model.variables for h in compat.variable_handles(v)}
         self._variables = {}
+        self._handles = {}
         captures = zip(function.graph.internal_captures, function.captured_inputs)
         for internal, external in captures:
-            self._variables[internal.ref()] = variables.get(id(external))
+            variable = variables.get(id(external))
+            self._variables[internal.ref()] = variable
+            if variable is not None:
+                self._handles.setdefault(id(variable), []).append(internal)
         self._consumers = {}
         for op in self.ops:
             for index, tensor in enumerate(op.inputs):
@@ -67,6 +71,13 @@ class OpGraph:
     def captured_variable(self, handle):
         """The Keras variable behind a captured resource tensor, or None."""
         return self._variables.get(handle.ref())
+
+    def handle_users(self, variable):
+        """The `(op, input_index)` pairs that use `variable`'s captured handle
+        (its `ReadVariableOp`s, and function calls that read it inside)."""
+        return [
+            use for handle in self._handles.get(id(variable), []) for use in self.consumers(handle)
+        ]
 
     def consumers(self, tensor):
         """The `(op, input_index)` pairs that read `tensor`."""
