@@ -107,3 +107,18 @@ def test_a_verification_batch_that_does_not_fit_is_refused(batch, message):
         permute_model(model, search_device="numpy", verify_inputs=batch)
     for saved, variable in zip(weights, model.weights):
         np.testing.assert_array_equal(saved, variable.numpy())
+
+
+def test_permuting_emits_no_deprecation_warning():
+    """NumPy 2 warns when a variable is read with np.array(variable); tf_asp
+    reads them with .numpy() (the test settings also make tf_asp's own
+    DeprecationWarnings errors, so none can come back unseen)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tf_asp.AspOptimizerWrapperV2(keras.optimizers.SGD(), token_model(), search_device="numpy")
+    ours = [
+        w for w in caught if issubclass(w.category, DeprecationWarning) and "tf_asp" in w.filename
+    ]
+    assert ours == [], [str(w.message) for w in ours]
