@@ -70,7 +70,7 @@ def test_summary_names_groups_layers_and_skips(caplog):
         assert f"group {group.id}: C-permuted" in str(summary)
         assert any(f"group {group.id}: C-permuted" in r.message for r in caplog.records)
     assert any(g.efficacy > 0 for g in summary.groups)
-    assert str(summary).startswith("Channel permutation: 3 groups, 4 layers C-permuted")
+    assert str(summary).startswith("Channel permutation for 2:4: 3 groups, 4 layers C-permuted")
     assert "skipped (stem): model input" in str(summary)
 
 
