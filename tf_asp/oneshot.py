@@ -66,15 +66,16 @@ class PruningSummary:
     duration: float
 
     def __str__(self):
-        header = ("kernel", "pattern", "criterion", "kept", "1-D would keep")
+        two_d = any(k.transposable for k in self.kernels)
+        header = ("kernel", "pattern", "criterion", "kept") + (("1-D would keep",) if two_d else ())
         rows = [
             (
                 k.name,
                 k.pattern + (f" transposable ({k.transposable})" if k.transposable else ""),
                 k.criterion,
                 f"{k.kept_fraction:.1%}",
-                f"{k.kept_1d / k.total:.1%}" if k.transposable and k.total else "",
             )
+            + ((f"{k.kept_1d / k.total if k.total else 1.0:.1%}",) if two_d else ())
             for k in self.kernels
         ]
         widths = [max(len(cells[i]) for cells in [header] + rows) for i in range(len(header))]
@@ -159,7 +160,9 @@ def prune_model(
     for name, kernel in plan.kernels.items():
         spec = plan.specs[name]
         value = kernel.variable.numpy()
-        scores = pruning.kernel_scores(value, spec, None if plan.norms is None else plan.norms[name])
+        scores = pruning.kernel_scores(
+            value, spec, None if plan.norms is None else plan.norms[name]
+        )
         mask = spec.mask(scores).numpy().astype(value.dtype)
         scores = scores.numpy().astype(np.float64)
         kept_1d = None
