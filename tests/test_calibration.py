@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import BroadcastProjection
 from helpers import dense_attention
 from helpers import encoder
 from helpers import small_convnet
@@ -139,22 +140,6 @@ def test_a_tf_keras_model_is_probed_alike():
     norms = norms_by_layer(model, x)
     reference = tf_keras.Model(model.inputs, model.get_layer("dense_1").input)(x)
     np.testing.assert_allclose(norms["dense_1"], l2_over_all_but_channels(reference), rtol=1e-5)
-
-
-class BroadcastProjection(layers.Layer):
-    """A custom GEMM layer that multiplies by broadcasting and summing, not
-    with one of the MatMul, BatchMatMul or Conv2D ops the probe reads."""
-
-    def build(self, input_shape):
-        self.w = self.add_weight(shape=(input_shape[-1], 16), name="w")
-
-    def call(self, x):
-        return keras.ops.sum(x[:, :, None] * self.w, axis=1)
-
-    def tf_asp_gemm_kernels(self):
-        import tf_asp
-
-        return [tf_asp.GemmKernel(self.w, input_axes=(0,), output_axes=(1,))]
 
 
 def test_a_kernel_whose_input_cannot_be_seen_is_named_in_the_error():
