@@ -130,6 +130,20 @@ def encoder(blocks=1, width=64, length=16, vocabulary=None, classes=16, **block_
     return keras.Model(inputs, outputs)
 
 
+class BroadcastProjection(layers.Layer):
+    """A custom GEMM layer that multiplies by broadcasting and summing, not
+    with one of the MatMul, BatchMatMul or Conv2D ops the probe reads."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 16), name="w")
+
+    def call(self, x):
+        return ops.sum(x[:, :, None] * self.w, axis=1)
+
+    def tf_asp_gemm_kernels(self):
+        return [registry.GemmKernel(self.w, input_axes=(0,), output_axes=(1,))]
+
+
 def regression_data(model, samples=64, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((samples,) + tuple(model.input_shape[1:]))

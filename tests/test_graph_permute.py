@@ -70,7 +70,7 @@ def test_summary_names_groups_layers_and_skips(caplog):
         assert f"group {group.id}: C-permuted" in str(summary)
         assert any(f"group {group.id}: C-permuted" in r.message for r in caplog.records)
     assert any(g.efficacy > 0 for g in summary.groups)
-    assert str(summary).startswith("Channel permutation: 3 groups, 4 layers C-permuted")
+    assert str(summary).startswith("Channel permutation for 2:4: 3 groups, 4 layers C-permuted")
     assert "skipped (stem): model input" in str(summary)
 
 
@@ -151,3 +151,57 @@ def test_resnet50_permutes_at_least_90_percent_of_prunable_layers():
     assert set(summary.c_permuted) <= set(prunable)
     assert len(summary.c_permuted) >= 0.9 * len(prunable)
     assert summary.error <= 1e-5
+
+
+@pytest.mark.parametrize("pattern", ["1:2", "4:8", "8:16"])
+def test_the_search_optimizes_the_pattern_it_is_given(pattern):
+    model = clustered(residual_model())
+    seen = []
+
+    def recording_search(matrix, **options):
+        seen.append(str(options["pattern"]))
+        return find_permutation(matrix, **options)
+
+    summary = permute_model(
+        model, search_device="numpy", search_time_limit=5, search=recording_search, pattern=pattern
+    )
+    assert seen and set(seen) == {pattern}
+    assert str(summary.pattern) == pattern and str(summary).startswith(
+        f"Channel permutation for {pattern}:"
+    )
+    for group in summary.groups:
+        assert group.magnitude >= group.identity_magnitude
+
+
+def test_segments_that_are_not_multiples_of_m_skip_their_group():
+    inputs = keras.Input((8, 16))
+    h = layers.Dense(16, name="embed")(inputs)
+    a = layers.MultiHeadAttention(4, 4, name="attention")(h, h)  # heads of 4 channels
+    model = keras.Model(inputs, layers.Dense(16, name="head")(layers.Add()([h, a])))
+    summary = permute_model(model, search_device="numpy", search_time_limit=5, pattern="4:8")
+    reasons = {s.consumers: s.reason for s in summary.skipped}
+    assert "segments of 4x4 channels are not all multiples of 8" in reasons[("attention_output",)]
+    two_four = permute_model(model, search_device="numpy", search_time_limit=5)
+    assert ("attention_output",) not in {s.consumers for s in two_four.skipped}
+
+
+def test_input_scales_weigh_the_columns_the_search_sees():
+    model = clustered(residual_model())
+    head = model.get_layer("head").kernel
+    original = head.numpy()
+    scales = {id(head): np.geomspace(1e-3, 1e3, 64)}
+    seen = []
+
+    def recording_search(matrix, **options):
+        seen.append(matrix)
+        return find_permutation(matrix, **options)
+
+    permute_model(
+        model,
+        search_device="numpy",
+        search_time_limit=5,
+        search=recording_search,
+        input_scales=scales,
+    )
+    head_matrix = next(m for m in seen if m.shape == (16, 64))
+    np.testing.assert_allclose(head_matrix, np.abs(original).T * scales[id(head)], rtol=1e-6)

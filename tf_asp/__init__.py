@@ -12,6 +12,13 @@ model.fit(x, y)
 tf_asp.check_pruned_layers(model, check_structured=True)
 ```
 
+Or prune a trained model once, with no optimizer (other N:M patterns,
+transposable and activation-aware masks work in both):
+
+```python
+tf_asp.prune_model(model, pattern="2:4", criterion="activation", calibration_data=x[:256])
+```
+
 The Keras-facing names load TensorFlow on first use, so `tf_asp.search` (the
 permutation search and its command line) needs only NumPy. When Keras (or
 tf_keras) is already imported, importing tf_asp registers its optimizer
@@ -32,6 +39,7 @@ _TENSORFLOW_NAMES = {
     "AspOptimizerWrapperV2": "tf_asp.optimizer",
     "check_pruned_layers": "tf_asp.masks",
     "export_onnx": "tf_asp.export",
+    "prune_model": "tf_asp.oneshot",
     "sparsity_report": "tf_asp.report",
 }
 # Public names that need only NumPy.

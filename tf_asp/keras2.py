@@ -64,6 +64,10 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
         plot_to_file=None,
         verify_permutation=True,
         verify_inputs=None,
+        pattern="2:4",
+        transposable=False,
+        criterion="magnitude",
+        calibration_data=None,
         name=None,
         **kwargs,
     ):
@@ -85,6 +89,9 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
             plot_to_file=plot_to_file,
             verify_permutation=verify_permutation,
             verify_inputs=verify_inputs,
+            pattern=pattern,
+            transposable=transposable,
+            criterion=criterion,
         )
         if model is None and masked_variables is None:
             raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
@@ -95,17 +102,19 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
         self.search_device = options.search_device
         self.search_time_limit = options.search_time_limit
         self.permutation_summary = None
-        # Plain dicts, kept out of checkpoints (the masks are saved as variables).
-        input_axes = None  # id(kernel) -> its input axes, once known
-        compat.set_untracked(self, "_masks", {})  # built: {key: (mask, input axes)}
+        # Plain objects, kept out of checkpoints (the masks are saved as variables).
+        compat.set_untracked(self, "options", options)
+        specs = norms = None  # id(kernel) -> its MaskSpec, activation norms, once known
+        compat.set_untracked(self, "_masks", {})  # built: {key: MaskedKernel}
 
         if model is not None:
             _check_model(model)
-            plan = pruning.prepare(model, options)
+            plan = pruning.prepare(model, options, calibration_data)
             self.permutation_summary = plan.summary
-            input_axes = plan.input_axes
+            specs, norms = plan.specs_by_id, plan.norms_by_id
             masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
-        compat.set_untracked(self, "_input_axes", input_axes)
+        compat.set_untracked(self, "_specs", specs)
+        compat.set_untracked(self, "_norms", norms)
         compat.set_untracked(self, "masked_variables", dict(masked_variables))
         compat.mark_wrapped(optimizer)
 
@@ -114,30 +123,42 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
         if compat.is_built(self):
             return
         compat.build_tf_keras_optimizer(self.inner_optimizer, var_list)
-        if self._input_axes is None:
-            input_axes = pruning.restored_input_axes(
-                var_list, self.masked_variables, type(self).__name__
+        if self._specs is None:
+            specs = pruning.restored_specs(
+                var_list, self.masked_variables, type(self).__name__, self.options
             )
-            compat.set_untracked(self, "_input_axes", input_axes)
+            compat.set_untracked(self, "_specs", specs)
         masks = pruning.build_masks(
             var_list,
-            self._input_axes,
+            self._specs,
             self._var_key,
             lambda kernel: self.add_variable_from_reference(
                 kernel, "asp_mask", initial_value=tf.ones(kernel.shape, kernel.dtype)
             ),
+            self._add_scale if self.options.criterion == "activation" else None,
+            self._norms,
         )
         compat.set_untracked(self, "_masks", masks)
         compat.mark_built(self)
 
+    def _add_scale(self, kernel, values):
+        return self.add_variable_from_reference(
+            kernel, "asp_channel_norms", shape=values.shape, initial_value=tf.constant(values)
+        )
+
     @property
     def masks(self):
-        """The 2:4 mask variables, one per pruned kernel (after `build`)."""
-        return [mask for mask, _ in self._masks.values()]
+        """The mask variables, one per pruned kernel (after `build`)."""
+        return [entry.mask for entry in self._masks.values()]
+
+    @property
+    def channel_norms(self):
+        """The activation-norm variables (`criterion="activation"`), else []."""
+        return [entry.scale for entry in self._masks.values() if entry.scale is not None]
 
     @property
     def variables(self):
-        """The masks, then the wrapped optimizer's variables.
+        """The masks (and activation norms), then the wrapped optimizer's variables.
 
         A list that is callable too, like every tf_keras optimizer's
         `variables`. The step counter that tf_keras' base class gives the
@@ -145,7 +166,7 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
         optimizer's), and its name would clash with that one's in `.h5` files.
         """
         variables = super().variables  # a fresh list of tf_keras' callable kind
-        variables[:] = self.masks + list(self.inner_optimizer.variables())
+        variables[:] = self.masks + self.channel_norms + list(self.inner_optimizer.variables())
         return variables
 
     def set_weights(self, weights):
@@ -207,6 +228,9 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
             "padding": self.padding,
             "search_device": self.search_device,
             "search_time_limit": self.search_time_limit,
+            "pattern": str(self.options.pattern),
+            "transposable": self.options.transposable,
+            "criterion": self.options.criterion,
             "masked_variables": dict(self.masked_variables),
         }
 

@@ -29,9 +29,14 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     pruning keeps as much weight magnitude as possible while the model still
     computes the same function. Nothing is pruned yet.
 
-    At the first optimizer step (iteration 0) it computes a 2:4 mask for
-    every prunable kernel from its current weights, keeping the 2 largest
-    magnitudes of every 4 input channels. The masks are then frozen: every
+    At the first optimizer step (iteration 0) it computes a mask for every
+    prunable kernel from its current weights, keeping the N largest scores
+    of every M input channels (2:4 by default: `pattern`; transposable 2:4
+    masks with `transposable`), the score being the weight's magnitude or,
+    with `criterion="activation"`, its magnitude times its input channel's
+    activation norm over `calibration_data` (read at construction, before
+    permuting, so that the search optimizes the same scores). The masks are
+    then frozen: every
     step masks the gradients, lets the wrapped optimizer update, and masks
     the kernels again, so a pruned weight stays exactly 0.0 whatever the
     optimizer's slots (momentum, Adam moments) hold. The masks are optimizer
@@ -63,6 +68,19 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         verify_inputs: the batch to check that on (an array, or a list or
             dict of them like the model's inputs); by default a generated
             one (see `tf_asp.graph.verify`).
+        pattern: `"N:M"`, keep N of every M input channels: `"2:4"`
+            (default; FP16/BF16/INT8 sparse Tensor Cores), `"1:2"` (TF32), or
+            any N < M with M in 4, 8, 16 (research).
+        transposable: False (1-D masks), True or `"best"` (the exact best
+            transposable 2:4 mask of every 4x4 block, so the backward pass's
+            transposed kernel is 2:4 too) or `"greedy"` (a faster greedy
+            one). 2:4 only.
+        criterion: `"magnitude"` (|w|) or `"activation"` (|w| times the
+            input channel's L2 norm over `calibration_data`).
+        calibration_data: for `criterion="activation"`: a `tf.data.Dataset`
+            of batches of model inputs (or `(inputs, targets)`), or an array
+            (a list or dict of arrays for several inputs); a few hundred
+            samples (`tf_asp.calibration`).
         name: the optimizer's name.
 
     Example:
@@ -101,6 +119,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         plot_to_file=None,
         verify_permutation=True,
         verify_inputs=None,
+        pattern="2:4",
+        transposable=False,
+        criterion="magnitude",
+        calibration_data=None,
         name=None,
         **kwargs,
     ):
@@ -124,6 +146,9 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             plot_to_file=plot_to_file,
             verify_permutation=verify_permutation,
             verify_inputs=verify_inputs,
+            pattern=pattern,
+            transposable=transposable,
+            criterion=criterion,
         )
         if model is None and masked_variables is None:
             raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
@@ -137,14 +162,17 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         self.padding = options.padding
         self.search_device = options.search_device
         self.search_time_limit = options.search_time_limit
+        self.options = options
         self.permutation_summary = None
-        self._input_axes = None  # id(kernel) -> its input axes, once known
+        self._specs = None  # id(kernel) -> its MaskSpec, once known
+        self._norms = None  # id(kernel) -> its input channels' activation norms
 
         if model is not None:
-            plan = pruning.prepare(model, options)
+            plan = pruning.prepare(model, options, calibration_data)
             distribute.check_workers_agree(model, permuted=True)  # even unpermuted: a collective
             self.permutation_summary = plan.summary
-            self._input_axes = plan.input_axes
+            self._specs = plan.specs_by_id
+            self._norms = plan.norms_by_id
             masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
         self.masked_variables = dict(masked_variables)
         compat.mark_wrapped(optimizer)
@@ -152,27 +180,37 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
     @compat.no_dependency_tracking
     def build(self, var_list):
         self.inner_optimizer.build(var_list)
-        if self._input_axes is None:
-            self._input_axes = pruning.restored_input_axes(
-                var_list, self.masked_variables, type(self).__name__
+        if self._specs is None:
+            self._specs = pruning.restored_specs(
+                var_list, self.masked_variables, type(self).__name__, self.options
             )
         self._masks = pruning.build_masks(
             var_list,
-            self._input_axes,
+            self._specs,
             self._key,
             lambda kernel: self.add_variable_from_reference(
                 kernel, name="asp_mask", initializer="ones"
             ),
+            self._add_scale if self.options.criterion == "activation" else None,
+            self._norms,
         )
         super().build(var_list)
+
+    def _add_scale(self, kernel, values):
+        return self.add_variable(
+            shape=values.shape,
+            initializer=lambda shape, dtype=None: values,
+            dtype="float32",
+            name="asp_channel_norms",
+        )
 
     def _key(self, variable):
         return compat.optimizer_variable_key(self, variable)
 
     @property
     def masks(self):
-        """The 2:4 mask variables, one per pruned kernel (after `build`)."""
-        return [mask for mask, _ in self._masks.values()] if self.built else []
+        """The mask variables, one per pruned kernel (after `build`)."""
+        return [entry.mask for entry in self._masks.values()] if self.built else []
 
     @property
     def variables(self):
@@ -223,6 +261,9 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             "padding": self.padding,
             "search_device": self.search_device,
             "search_time_limit": self.search_time_limit,
+            "pattern": str(self.options.pattern),
+            "transposable": self.options.transposable,
+            "criterion": self.options.criterion,
             "masked_variables": self.masked_variables,
         }
 

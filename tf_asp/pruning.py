@@ -4,21 +4,27 @@ A wrapper (`tf_asp.optimizer` for Keras 3, `tf_asp.keras2` for tf_keras) is
 a thin layer over two steps:
 
 - **prepare**, once, at construction: pick the kernels to prune (the
-  registry), check their values, permute channels, log what stays dense;
-- **step**, every optimizer step: compute the masks at the first step,
-  mask the gradients, let the wrapped optimizer update, mask the kernels.
+  registry), check their values, read activation norms from calibration
+  data (`criterion="activation"`), permute channels, log what stays dense;
+- **step**, every optimizer step: compute the masks at the first step
+  (N:M or transposable, from magnitudes or activation-aware scores), mask
+  the gradients, let the wrapped optimizer update, mask the kernels.
+
+`tf_asp.prune_model` runs prepare and masks once, without an optimizer.
 
 ```python
-plan = prepare(model, PruningOptions(padding=True))
+plan = prepare(model, PruningOptions(padding=True, pattern="2:4"))
 plan.kernels          # {"dense_1 (64, 32)": GemmKernel, ...}
+plan.specs            # {id(kernel): MaskSpec}: axes, pattern, transposable
 plan.summary          # the PermutationSummary (None without permutation)
 
 # in the wrapper's build(var_list), and every step:
-masks = build_masks(var_list, plan.input_axes, key, add_mask)
+masks = build_masks(var_list, plan.specs, key, add_mask)
 masked_update(iterations, masks, key, grads, variables, inner_update)
 ```
 """
 
+import collections
 import dataclasses
 import warnings
 
@@ -28,11 +34,17 @@ import tensorflow as tf
 from tf_asp import compat
 from tf_asp import masks
 from tf_asp import registry
+from tf_asp import transposable as two_d
 from tf_asp.graph import permute_model
 from tf_asp.graph.plot import check_plot_path
 from tf_asp.log import logger
+from tf_asp.patterns import parse_pattern
 from tf_asp.search import check_device
 from tf_asp.search import check_time_limit
+
+# How a weight is scored for its mask: its magnitude, or its magnitude times
+# its input channel's activation norm over calibration data.
+CRITERIA = ("magnitude", "activation")
 
 # The Keras each top-level package name stands for, for messages.
 KERAS_NAMES = {"keras": "Keras 3", "tf_keras": "Keras 2 (tf_keras)"}
@@ -83,9 +95,11 @@ def check_built(model):
 
 @dataclasses.dataclass(frozen=True)
 class PruningOptions:
-    """The wrapper arguments that decide what is pruned and how it is permuted.
+    """The arguments that decide what is pruned, to which masks, and how it
+    is permuted (the wrappers' and `prune_model`'s).
 
-    See `AspOptimizerWrapperV2` for each one's meaning.
+    See `AspOptimizerWrapperV2` for each one's meaning. `pattern` is stored
+    as a `Pattern`, `transposable` as None, `"best"` or `"greedy"`.
     """
 
     padding: bool = False
@@ -96,9 +110,20 @@ class PruningOptions:
     plot_to_file: object = None
     verify_permutation: bool = True
     verify_inputs: object = None
+    pattern: object = "2:4"
+    transposable: object = False
+    criterion: str = "magnitude"
 
     def __post_init__(self):
         object.__setattr__(self, "padding", bool(self.padding))
+        object.__setattr__(self, "pattern", parse_pattern(self.pattern))
+        object.__setattr__(self, "transposable", two_d.check_method(self.transposable))
+        masks.check_transposable_pattern(self.transposable, self.pattern)
+        if self.criterion not in CRITERIA:
+            raise ValueError(
+                f"criterion={self.criterion!r}: use 'magnitude' (|w|) or 'activation' "
+                "(|w| times the input channel's activation norm over calibration_data)."
+            )
         device = check_device(self.search_device, "search_device")
         object.__setattr__(self, "search_device", device)
         check_time_limit(self.search_time_limit, "search_time_limit")
@@ -112,30 +137,57 @@ class PruningOptions:
 
 @dataclasses.dataclass(frozen=True)
 class PruningPlan:
-    """The kernels a wrapper prunes and what permutation did.
+    """The kernels a wrapper prunes, how, and what permutation did.
 
     Attributes:
         kernels: a readable name -> `GemmKernel`, in layer order.
+        specs: a name -> `MaskSpec` (axes, pattern, transposable), same order.
         summary: the `PermutationSummary`, or None without permutation.
+        norms: a name -> activation norm of each input channel (in the
+            permuted order), or None for the magnitude criterion.
     """
 
     kernels: dict
+    specs: dict
     summary: object = None
+    norms: dict = None
 
     @property
-    def input_axes(self):
-        """id(kernel variable) -> its input axes: what a wrapper masks."""
-        return {id(k.variable): k.input_axes for k in self.kernels.values()}
+    def specs_by_id(self):
+        """id(kernel variable) -> its `MaskSpec`: what a wrapper masks."""
+        return {id(self.kernels[name].variable): spec for name, spec in self.specs.items()}
+
+    @property
+    def norms_by_id(self):
+        """id(kernel variable) -> its channel norms (None without them)."""
+        if self.norms is None:
+            return None
+        return {id(self.kernels[name].variable): norm for name, norm in self.norms.items()}
 
 
-def prepare(model, options):
+def prepare(model, options, calibration_data=None):
     """Picks, checks and permutes the kernels of `model`; returns a `PruningPlan`.
 
-    Nothing is written unless every check passes; a failed permutation
-    restores the original weights (see `permute_model`).
+    With `criterion="activation"` the input channels' activation norms are
+    read from `calibration_data` first (`tf_asp.calibration`), the
+    permutation search weighs every weight by them, and they are read again
+    if channels moved. Nothing is written unless every check passes; a
+    failed permutation restores the original weights (see `permute_model`).
     """
+    if calibration_data is not None and options.criterion != "activation":
+        raise ValueError(
+            f"calibration_data is read only with criterion='activation' (got "
+            f"criterion={options.criterion!r}); pass both, or neither."
+        )
     kernels = prunable_kernels(model, options.padding)
     check_finite({name: kernel.variable for name, kernel in kernels.items()})
+    specs = mask_specs(kernels, options)
+    probe = norms = None
+    if options.criterion == "activation":
+        from tf_asp.calibration import ActivationProbe
+
+        probe = ActivationProbe(model, kernels, calibration_data, options.input_shapes)
+        norms = probe.channel_norms()
     summary = None
     if options.permute:
         summary = permute_model(
@@ -147,7 +199,13 @@ def prepare(model, options):
             plot_to_file=options.plot_to_file,
             verify=options.verify_permutation,
             verify_inputs=options.verify_inputs,
+            pattern=options.pattern,
+            input_scales=None
+            if norms is None
+            else {id(kernels[name].variable): norm for name, norm in norms.items()},
         )
+        if probe is not None and summary.groups:
+            norms = probe.channel_norms()  # in the permuted channel order
     if not kernels:
         warnings.warn(
             f"Model '{model.name}' has no prunable GEMM layer (input size a multiple of 16, "
@@ -156,9 +214,32 @@ def prepare(model, options):
             stacklevel=3,
         )
     logger.info(
-        "Will prune %d kernels to 2:4 at the first step: %s", len(kernels), ", ".join(kernels)
+        "Will prune %d kernels to %s%s (%s): %s",
+        len(kernels),
+        options.pattern,
+        f" transposable ({options.transposable})" if options.transposable else "",
+        options.criterion,
+        ", ".join(kernels),
     )
-    return PruningPlan(kernels, summary)
+    return PruningPlan(kernels, specs, summary, norms)
+
+
+def mask_specs(kernels, options):
+    """`{name: MaskSpec}` of `kernels` under `options`; a ValueError naming a
+    kernel that transposable masks cannot serve (channels not multiples of 4)."""
+    specs = {}
+    for name, kernel in kernels.items():
+        spec = masks.MaskSpec(
+            kernel.input_axes, kernel.output_axes, options.pattern, options.transposable
+        )
+        if spec.transposable and (kernel.input_size % 4 or kernel.output_size % 4):
+            raise ValueError(
+                f"Kernel {name} has {kernel.input_size} input and {kernel.output_size} output "
+                "channels; transposable masks need multiples of 4 (4x4 blocks). Nothing was "
+                "changed; use padding=False or transposable=False."
+            )
+        specs[name] = spec
+    return specs
 
 
 def prunable_kernels(model, padding=False):
@@ -194,25 +275,32 @@ def check_finite(kernels):
 
 
 def kernel_positions(trainable_variables, plan):
-    """Where each pruned kernel stands among the model's trainable variables.
+    """Where each pruned kernel stands among the model's trainable variables,
+    and its input and output axes.
 
     Saved in a wrapper's config: variable paths change when a model is
     reloaded, positions do not.
     """
-    axes = {key: list(value) for key, value in plan.input_axes.items()}
+    specs = plan.specs_by_id
     return {
         "trainable_variable_count": len(trainable_variables),
         "kernels": [
-            [index, list(variable.shape), axes[id(variable)]]
+            [
+                index,
+                list(variable.shape),
+                list(specs[id(variable)].input_axes),
+                list(specs[id(variable)].output_axes),
+            ]
             for index, variable in enumerate(trainable_variables)
-            if id(variable) in axes
+            if id(variable) in specs
         ],
     }
 
 
-def restored_input_axes(var_list, positions, wrapper_name):
-    """id(kernel) -> input axes, from `kernel_positions` and the variables a
-    restored wrapper is built on; a ValueError if they do not match."""
+def restored_specs(var_list, positions, wrapper_name, options):
+    """id(kernel) -> `MaskSpec`, from `kernel_positions`, the variables a
+    restored wrapper is built on and its options (pattern, transposable);
+    a ValueError if they do not match."""
     count = positions["trainable_variable_count"]
     if len(var_list) != count:
         raise ValueError(
@@ -220,7 +308,7 @@ def restored_input_axes(var_list, positions, wrapper_name):
             f"but is being built on {len(var_list)}. Build it on model.trainable_variables "
             "of the model it was saved with."
         )
-    input_axes = {}
+    specs = {}
     for index, shape, *axes in positions["kernels"]:
         variable = var_list[index]
         if tuple(variable.shape) != tuple(shape):
@@ -229,22 +317,46 @@ def restored_input_axes(var_list, positions, wrapper_name):
                 f"{tuple(variable.shape)}, but the saved wrapper pruned a kernel of shape "
                 f"{tuple(shape)} there. Is this the model the optimizer was saved with?"
             )
-        # Wrappers saved before EinsumDense support pruned axis -2 only.
-        input_axes[id(variable)] = tuple(axes[0]) if axes else (len(shape) - 2,)
-    return input_axes
+        # Wrappers saved before EinsumDense support pruned axis -2 only, and
+        # before transposable masks saved no output axes.
+        inputs = tuple(axes[0]) if axes else (len(shape) - 2,)
+        outputs = tuple(axes[1]) if len(axes) > 1 else (len(shape) - 1,)
+        specs[id(variable)] = masks.MaskSpec(inputs, outputs, options.pattern, options.transposable)
+    return specs
+
+
+# What a wrapper keeps for each pruned kernel: its mask variable, its
+# `MaskSpec`, and the variable of its input channels' activation norms (None
+# for the magnitude criterion).
+MaskedKernel = collections.namedtuple("MaskedKernel", "mask spec scale")
+
+
+def kernel_scores(kernel, spec, scale=None):
+    """What a kernel's mask keeps the largest of: `|kernel|`, times each
+    input channel's `scale` (flattened input axes) when there is one."""
+    kernel = tf.convert_to_tensor(kernel)
+    if scale is None:
+        return tf.abs(kernel)
+    rank = kernel.shape.rank
+    inputs = sorted(a % rank for a in spec.input_axes)
+    shape = [int(kernel.shape[a]) if a in inputs else 1 for a in range(rank)]
+    # Input axes are flattened row-major, which is the order they keep here.
+    scale = tf.reshape(tf.cast(scale, kernel.dtype), shape)
+    return tf.abs(kernel) * scale
 
 
 def compute_masks_once(iterations, masked):
     """At the first step (`iterations == 0`), sets every mask from its kernel.
 
-    `masked` is a list of `(kernel variable, mask variable, input axes)`.
+    `masked` is a list of `(kernel variable, MaskedKernel)`.
     """
     if not masked:
         return
 
     def compute():
-        for variable, mask, input_axes in masked:
-            mask.assign(masks.mask_2to4(variable, input_axes))
+        for variable, entry in masked:
+            scores = kernel_scores(variable, entry.spec, entry.scale)
+            entry.mask.assign(tf.cast(entry.spec.mask(scores), entry.mask.dtype))
         return tf.constant(True)
 
     tf.cond(tf.equal(iterations, 0), compute, lambda: tf.constant(False))
@@ -259,35 +371,50 @@ def mask_gradient(grad, mask):
 
 def apply_masks(masked):
     """Zeroes the pruned weights again after the wrapped optimizer's update."""
-    for variable, mask, _ in masked:
-        variable.assign(variable * mask)
+    for variable, entry in masked:
+        variable.assign(variable * entry.mask)
 
 
-def build_masks(var_list, input_axes, key, add_mask):
-    """Creates the mask of every pruned kernel among `var_list`.
+def build_masks(var_list, specs, key, add_mask, add_scale=None, norms=None):
+    """Creates the mask (and activation-norm) variables of every pruned kernel
+    among `var_list`.
 
     Args:
         var_list: the variables the wrapper is built on.
-        input_axes: id(kernel) -> its input axes (`PruningPlan.input_axes`).
+        specs: id(kernel) -> its `MaskSpec` (`PruningPlan.specs_by_id`).
         key: the optimizer's key for a variable (it files masks by it).
         add_mask: creates a wrapper variable of ones shaped like a kernel.
+        add_scale: for the activation criterion, creates a wrapper variable
+            `(kernel, initial values)` of one norm per input channel; None
+            for the magnitude criterion.
+        norms: id(kernel) -> its channel norms (`PruningPlan.norms_by_id`);
+            a restored wrapper starts from ones, which its checkpoint
+            overwrites.
 
     Returns:
-        `{key(kernel): (mask variable, input axes)}`.
+        `{key(kernel): MaskedKernel}`.
     """
     built = {}
     for variable in var_list:
-        axes = input_axes.get(id(variable))
-        if axes is not None:
-            check_finite({compat.variable_path(variable): variable})
-            built[key(variable)] = (add_mask(variable), axes)
+        spec = specs.get(id(variable))
+        if spec is None:
+            continue
+        check_finite({compat.variable_path(variable): variable})
+        mask = add_mask(variable)
+        scale = None
+        if add_scale is not None:
+            channels = int(np.prod([variable.shape[a] for a in spec.input_axes]))
+            values = (norms or {}).get(id(variable))
+            values = np.ones(channels) if values is None else values
+            scale = add_scale(variable, np.asarray(values, np.float32))
+        built[key(variable)] = MaskedKernel(mask, spec, scale)
     return built
 
 
 def masked_kernels(built, key, variables):
-    """The `(kernel, mask, input axes)` of each pruned kernel in `variables`."""
+    """The `(kernel, MaskedKernel)` of each pruned kernel in `variables`."""
     found = ((variable, built.get(key(variable))) for variable in variables)
-    return [(variable, *entry) for variable, entry in found if entry is not None]
+    return [(variable, entry) for variable, entry in found if entry is not None]
 
 
 def masked_update(iterations, built, key, grads, variables, update):
@@ -305,7 +432,7 @@ def masked_update(iterations, built, key, grads, variables, update):
     masked = masked_kernels(built, key, variables)
     compute_masks_once(iterations, masked)
     entries = [built.get(key(variable)) for variable in variables]
-    grads = [mask_gradient(g, e[0] if e else None) for g, e in zip(grads, entries)]
+    grads = [mask_gradient(g, e.mask if e else None) for g, e in zip(grads, entries)]
     result = update(grads)
     apply_masks(masked)
     return result

@@ -113,18 +113,23 @@ class Group:
     def prunable_consumers(self):
         return [k for k in self.consumers if k.prunable]
 
-    def search_blocks(self):
+    def search_blocks(self, input_scales=None):
         """Per segment, `(kernel, block)` for every prunable consumer reading it.
 
         A block is the columns of the kernel's search matrix (one row per
         output and tap, one column per input channel: a Dense `(C, K)` kernel
         as `(K, C)`, a Conv2D `(H, W, C, K)` one as `(K*H*W, C)`) that the
         segment's channels are. A segment's search stacks its blocks.
+        `input_scales` (id(kernel) -> one factor per input channel) weighs
+        each column, as activation-aware scores do.
         """
         blocks = [[] for _ in self.segments]
         starts = {segment.start: i for i, segment in enumerate(self.segments)}
         for kernel in self.prunable_consumers:
             matrix = kernel.gemm.search_matrix(kernel.variable.numpy())
+            scale = (input_scales or {}).get(id(kernel.variable))
+            if scale is not None:
+                matrix = np.abs(matrix) * np.asarray(scale, np.float64)[None, :]
             for placement in self.placements:
                 if (
                     placement.variable is kernel.variable

@@ -13,6 +13,7 @@ from tf_asp.graph.plot import plot_graph
 from tf_asp.graph.spaces import format_sizes
 from tf_asp.graph.trace import trace_model
 from tf_asp.log import logger
+from tf_asp.patterns import parse_pattern
 from tf_asp.search import efficacy
 from tf_asp.search import find_permutation
 from tf_asp.search import kept_magnitude
@@ -39,7 +40,7 @@ class GroupResult:
     producers: tuple  # K-permuted layers (output channels)
     channels: int
     efficacy: float  # % of the possible gain over no permutation
-    magnitude: float  # magnitude the 2:4 masks keep with the permutation
+    magnitude: float  # magnitude (or score) the N:M masks keep with the permutation
     identity_magnitude: float  # ... without it
     backend: str
     duration: float  # seconds of search
@@ -82,6 +83,7 @@ class PermutationSummary:
         duration: seconds `permute_model` took.
         dense_layers: `(name, reason)` of every GEMM layer that is not
             pruned (and so not searched on), and why.
+        pattern: the N:M pattern the search optimized for.
     """
 
     groups: tuple
@@ -89,6 +91,7 @@ class PermutationSummary:
     error: float
     duration: float
     dense_layers: tuple = ()
+    pattern: object = "2:4"
 
     @property
     def c_permuted(self):
@@ -101,7 +104,7 @@ class PermutationSummary:
     def __str__(self):
         error = "not verified" if self.error is None else f"relative error {self.error:.1e}"
         lines = [
-            f"Channel permutation: {len(self.groups)} groups, "
+            f"Channel permutation for {self.pattern}: {len(self.groups)} groups, "
             f"{len(self.c_permuted)} layers C-permuted, "
             f"{len(self.k_permuted)} K-permuted, {len(self.skipped)} groups "
             f"skipped; {error}; {self.duration:.1f} s"
@@ -124,8 +127,10 @@ def permute_model(
     seed=0,
     *,
     search=find_permutation,
+    pattern="2:4",
+    input_scales=None,
 ):
-    """Permutes `model`'s channels so 2:4 pruning keeps more magnitude.
+    """Permutes `model`'s channels so N:M pruning (2:4 by default) keeps more magnitude.
 
     The model computes the same function afterwards: each group's consumers
     get their input channels permuted, its producers their output channels,
@@ -155,8 +160,15 @@ def permute_model(
             `tf_asp.graph.verify`.
         seed: seed of the searches (the same seed gives the same result).
         search: the search function, `tf_asp.search.find_permutation` or one
-            with its signature (`matrix, device=, time_limit=, seed=`) that
-            returns a `SearchResult`.
+            with its signature (`matrix, device=, time_limit=, seed=,
+            pattern=`) that returns a `SearchResult`.
+        pattern: the N:M pattern the search optimizes for (`"2:4"`, `"1:2"`,
+            `"4:8"`, ...). A group whose segments (heads, concatenated
+            inputs) are not multiples of M is skipped, as its N:M groups
+            would straddle them.
+        input_scales: `{id(kernel variable): one factor per input channel}`:
+            the search keeps the largest `|w| * factor` instead of `|w|`
+            (activation-aware scores, `tf_asp.calibration`).
 
     Returns:
         A `PermutationSummary`.
@@ -169,12 +181,22 @@ def permute_model(
     ```
     """
     start = time.perf_counter()
+    pattern = parse_pattern(pattern)
     graph = trace_model(model, input_shapes)
     if verify and verify_inputs is not None:
         inputs = verification.check_inputs(graph, verify_inputs)
     else:
         inputs = verification.verification_inputs(graph, seed) if verify else None
     groups, roles = find_groups(graph, padding=padding)
+    for group in groups:
+        if group.skip_reason is None and any(s.size % pattern.m for s in group.segments):
+            sizes = format_sizes([s.size for s in group.segments])
+            group.skip_reason = (
+                f"segments of {sizes} channels are not all multiples of {pattern.m}: "
+                f"{pattern} groups would straddle them"
+                if len(group.segments) > 1
+                else f"{sizes} channels is not a multiple of {pattern.m} ({pattern})"
+            )
     active = [g for g in groups if g.skip_reason is None]
     skipped = tuple(
         SkippedGroup(g.id, tuple(g.consumer_names), g.skip_reason)
@@ -197,7 +219,7 @@ def permute_model(
     permutations, results = {}, []
     for group in _progress(active):
         permutations[group.id], result = _search_group(
-            group, search, search_device, search_time_limit, seed
+            group, search, search_device, search_time_limit, seed, pattern, input_scales
         )
         results.append(result)
         logger.info("Permutation %s", result)
@@ -213,32 +235,34 @@ def permute_model(
         for gemm in registry.gemm_layers(model)
         if gemm.unprunable_reason(padding) is not None
     )
-    summary = PermutationSummary(tuple(results), skipped, error, time.perf_counter() - start, dense)
+    summary = PermutationSummary(
+        tuple(results), skipped, error, time.perf_counter() - start, dense, pattern
+    )
     logger.info("%s", str(summary).splitlines()[0])
     if plot_to_file is not None:
         plot_graph(graph, roles, groups, plot_to_file)
     return summary
 
 
-def _search_group(group, search, device, time_limit, seed):
+def _search_group(group, search, device, time_limit, seed, pattern, input_scales):
     """`(permutation, GroupResult)` of a group, searched segment by segment.
 
     Each segment's search sees the stacked columns its prunable consumers
-    hold there (2:4 groups never straddle segments, whose sizes are
-    multiples of 4), and gets a share of the time limit by its width. A
-    segment no prunable kernel reads, or of only 4 channels, keeps its order.
+    hold there (N:M groups never straddle segments, whose sizes are
+    multiples of M), and gets a share of the time limit by its width. A
+    segment no prunable kernel reads, or of only M channels, keeps its order.
     """
     permutation = apply.identity(group.segments)
     kept = identity_kept = bound = duration = 0.0
     backends, losers = set(), []
-    for segment, blocks in zip(group.segments, group.search_blocks()):
-        if not blocks or segment.size <= 4:
+    for segment, blocks in zip(group.segments, group.search_blocks(input_scales)):
+        if not blocks or segment.size <= pattern.m:
             continue
         matrix = np.concatenate([block for _, block in blocks])
         share = None if time_limit is None else time_limit * segment.size / group.channels
-        result = search(matrix, device=device, time_limit=share, seed=seed)
+        result = search(matrix, device=device, time_limit=share, seed=seed, pattern=pattern)
         order = apply.check_permutation(result.permutation, [(0, segment.size)])
-        loser = _first_loser(blocks, order)
+        loser = _first_loser(blocks, order, pattern)
         if loser is not None:
             order, losers = np.arange(segment.size), losers + [loser]
         permutation[segment.start : segment.start + segment.size] = segment.start + order
@@ -266,15 +290,15 @@ def _search_group(group, search, device, time_limit, seed):
     )
 
 
-def _first_loser(blocks, order):
+def _first_loser(blocks, order, pattern):
     """The first layer that would keep less with `order` than without.
 
     The search maximizes the magnitude all siblings keep together; this
     makes sure no single pruned layer is worse off than unpermuted.
     """
     for kernel, block in blocks:
-        identity = kept_magnitude(block)
-        if kept_magnitude(block, order) < identity * (1 - 1e-6):
+        identity = kept_magnitude(block, pattern=pattern)
+        if kept_magnitude(block, order, pattern=pattern) < identity * (1 - 1e-6):
             return kernel.name
     return None
 

@@ -12,6 +12,15 @@ unknown dims filled in) so every tensor in the graph has a static shape. Each
 `ReadVariableOp` is resolved to its Keras variable through the concrete
 function's captures, by identity: layers that share names, and layers called
 twice, resolve correctly.
+
+A graph traced with `fetchable=True` can also compute any of its tensors
+(activation calibration reads the inputs of GEMM ops this way):
+
+```python
+graph = trace_model(model, tf.TensorSpec((32, 28, 28, 1)), fetchable=True)
+fetch = graph.fetcher(lambda: [tf.reduce_sum(op.inputs[0]) for op in some_ops])
+values = fetch(batch)
+```
 """
 
 import numpy as np
@@ -37,13 +46,21 @@ class OpGraph:
             arrays, one per model input; their shapes are fully defined).
     """
 
-    def __init__(self, model, call, specs, sample_inputs):
+    def __init__(self, model, call, specs, sample_inputs, fetchable=False):
         self.model = model
         self.specs = specs
         self.sample_inputs = sample_inputs
-        self._call = call
         traced = [tf.TensorSpec(x.shape, tf.as_dtype(x.dtype)) for x in sample_inputs]
-        function = call.get_concrete_function(*traced)
+        if fetchable:
+            # A v1-style wrapped function (public, in `tf.compat.v1`): unlike a
+            # `tf.function`'s concrete function, it can be pruned to fetch any
+            # tensor of its graph, including ops added after tracing.
+            function = tf.compat.v1.wrap_function(call, traced)
+            self._call = function
+        else:
+            self._call = tf.function(call, autograph=False)
+            function = self._call.get_concrete_function(*traced)
+        self.fetchable = fetchable
         self.function = function
         self.ops = list(function.graph.get_operations())
         self.inputs = list(function.graph.inputs[: len(sample_inputs)])
@@ -83,6 +100,19 @@ class OpGraph:
         """The `(op, input_index)` pairs that read `tensor`."""
         return self._consumers.get(tensor.ref(), [])
 
+    def fetcher(self, fetches):
+        """A function of the model inputs (arrays or tensors, one per input)
+        that returns the tensors `fetches()` builds in this graph, as a list.
+
+        Only for a graph traced with `fetchable=True`; `fetches` runs inside
+        the graph, so it may add ops that read any of its tensors.
+        """
+        if not self.fetchable:
+            raise ValueError("OpGraph.fetcher needs a graph traced with fetchable=True.")
+        with self.function.graph.as_default():
+            tensors = list(fetches())
+        return self.function.prune(feeds=self.inputs, fetches=tensors)
+
     def run(self, inputs=None):
         """The model's outputs on `inputs` (a list of arrays, one per model
         input; default: the sample batch), as a list of arrays."""
@@ -91,7 +121,7 @@ class OpGraph:
         return [np.asarray(o) for o in tf.nest.flatten(outputs)]
 
 
-def trace_model(model, input_shapes=None, seed=0):
+def trace_model(model, input_shapes=None, seed=0, fetchable=False):
     """Traces `model(x, training=False)` into an `OpGraph`.
 
     Args:
@@ -100,6 +130,7 @@ def trace_model(model, input_shapes=None, seed=0):
             `tf.TensorSpec` (with the batch dim), or a list of them for a
             model with several inputs. Defaults to `model.inputs`.
         seed: seed of the random sample batch.
+        fetchable: trace a graph whose tensors `OpGraph.fetcher` can compute.
     """
     specs = input_specs(model, input_shapes)
     rng = np.random.default_rng(seed)
@@ -113,7 +144,7 @@ def trace_model(model, input_shapes=None, seed=0):
             arguments = inputs[0] if len(inputs) == 1 else list(inputs)
         return model(arguments, training=False)
 
-    return OpGraph(model, tf.function(call, autograph=False), specs, sample_inputs)
+    return OpGraph(model, call, specs, sample_inputs, fetchable)
 
 
 def _input_structure(model):

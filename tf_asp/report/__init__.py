@@ -1,4 +1,4 @@
-"""Sparsity report: which kernels are 2:4, and which sparse Tensor Cores can run.
+"""Sparsity report: which kernels are 2:4 (or N:M), and which sparse Tensor Cores can run.
 
 Works on a Keras 3 or tf_keras model (every GEMM kernel: `tf_asp.registry`), on
 a `.keras` or `.h5` file, on an exported SavedModel directory and on an ONNX
@@ -17,7 +17,9 @@ or from a shell: `python -m tf_asp.report ./exported_model` (or `model.onnx`,
 `weights.h5`, `model.keras`).
 
 A kernel is *2:4* when at most 2 of every 4 consecutive input channels (axis
--2) are non-zero (`tf_asp.masks.is_2to4`). Its shape *qualifies* for sparse
+-2) are non-zero (`tf_asp.masks.is_2to4`); `pattern="1:2"` (or any N:M,
+`--pattern` on the command line) checks that pattern instead
+(`has_pattern`). Its shape *qualifies* for sparse
 Tensor Cores when its input dim is a multiple of 16 and its output dim a
 multiple of 8, a 4-D kernel `(H, W, C, K)` viewed as `(C, H*W*K)` (the rule of
 `tf_asp.registry.shape_reason`). Sparse Tensor Cores speed up the kernels
@@ -33,6 +35,7 @@ from tf_asp import compat
 from tf_asp import masks
 from tf_asp import registry
 from tf_asp.log import logger
+from tf_asp.patterns import parse_pattern
 
 KERNEL_RANKS = (2, 4)  # Dense (C, K) and Conv2D (H, W, C, K) kernels
 H5_EXTENSIONS = (".h5", ".hdf5")
@@ -49,6 +52,8 @@ class KernelSparsity:
         is_2to4: at most 2 of every 4 input channels are non-zero.
         shape_qualifies: the shape suits sparse Tensor Cores.
         reason: why the shape does not qualify (None when it does).
+        pattern: the N:M pattern the report checks (`"2:4"` by default).
+        has_pattern: at most N of every M input channels are non-zero.
     """
 
     name: str
@@ -57,26 +62,34 @@ class KernelSparsity:
     is_2to4: bool
     shape_qualifies: bool
     reason: str = None
+    pattern: str = "2:4"
+    has_pattern: bool = None
+
+    def __post_init__(self):
+        if self.has_pattern is None:
+            object.__setattr__(self, "has_pattern", self.is_2to4)
 
     @property
     def sparse_ready(self):
-        """2:4 with a qualifying shape: sparse Tensor Cores can run it."""
-        return self.is_2to4 and self.shape_qualifies
+        """The pattern with a qualifying shape: sparse Tensor Cores can run it
+        (for the hardware patterns 2:4 and 1:2)."""
+        return self.has_pattern and self.shape_qualifies
 
 
 @dataclasses.dataclass(frozen=True)
 class SparsityReport:
-    """The kernels of a model or SavedModel and their 2:4 structure.
+    """The kernels of a model or SavedModel and their N:M structure.
 
     `str(report)` is the table that `sparsity_report` prints.
     """
 
     source: str
     rows: tuple
+    pattern: str = "2:4"
 
     @property
     def sparse_ready(self):
-        """The rows sparse Tensor Cores can run (2:4, qualifying shape)."""
+        """The rows sparse Tensor Cores can run (the pattern, qualifying shape)."""
         return tuple(row for row in self.rows if row.sparse_ready)
 
     @property
@@ -89,22 +102,22 @@ class SparsityReport:
     def summary(self):
         """One sentence: how many kernels sparse Tensor Cores can run."""
         ready = len(self.sparse_ready)
-        other = sum(row.is_2to4 and not row.shape_qualifies for row in self.rows)
-        also = f" ({other} more are 2:4 with other shapes)" if other else ""
+        other = sum(row.has_pattern and not row.shape_qualifies for row in self.rows)
+        also = f" ({other} more are {self.pattern} with other shapes)" if other else ""
         return (
-            f"{ready} of {len(self.rows)} kernels are 2:4 with a "
+            f"{ready} of {len(self.rows)} kernels are {self.pattern} with a "
             f"sparse-Tensor-Core shape{also}; {self.zero_fraction:.1%} of all "
             "kernel weights are zero."
         )
 
     def __str__(self):
-        header = ("kernel", "shape", "zeros", "2:4", "Tensor Core shape")
+        header = ("kernel", "shape", "zeros", self.pattern, "Tensor Core shape")
         lines = [
             (
                 row.name,
                 str(row.shape),
                 f"{row.zero_fraction:.1%}",
-                "yes" if row.is_2to4 else "no",
+                "yes" if row.has_pattern else "no",
                 "yes" if row.shape_qualifies else f"no: {row.reason}",
             )
             for row in self.rows
@@ -119,8 +132,8 @@ class SparsityReport:
         return "\n".join(table)
 
 
-def sparsity_report(model_or_path, print_table=True):
-    """Reports the 2:4 structure of a Keras model's, SavedModel's or ONNX file's kernels.
+def sparsity_report(model_or_path, print_table=True, pattern="2:4"):
+    """Reports the N:M structure of a Keras model's, SavedModel's or ONNX file's kernels.
 
     Args:
         model_or_path: a built Keras 3 or tf_keras model (its GEMM kernels:
@@ -131,11 +144,13 @@ def sparsity_report(model_or_path, print_table=True):
             variables), or of an `.onnx` file (the initializers its Conv,
             MatMul and Gemm nodes multiply by: `tf_asp.report.onnx`).
         print_table: print the table and its one-sentence summary.
+        pattern: the N:M pattern to check, `"2:4"` (default), `"1:2"`, ...
 
     Returns:
         A `SparsityReport`: `.rows` holds one `KernelSparsity` per kernel
-        (name, shape, zero_fraction, is_2to4, shape_qualifies, reason),
-        `.sparse_ready` those that sparse Tensor Cores can run.
+        (name, shape, zero_fraction, is_2to4, shape_qualifies, reason,
+        pattern, has_pattern), `.sparse_ready` those that sparse Tensor
+        Cores can run.
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -154,11 +169,13 @@ def sparsity_report(model_or_path, print_table=True):
     """
     from tf_asp.pruning import keras_of
 
+    pattern = str(parse_pattern(pattern))
     if keras_of(model_or_path) is not None and hasattr(model_or_path, "layers"):
-        report = SparsityReport(f"model '{model_or_path.name}'", _model_rows(model_or_path))
+        rows = _model_rows(model_or_path, pattern)
+        report = SparsityReport(f"model '{model_or_path.name}'", rows, pattern)
     elif isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
-        report = SparsityReport(path, _path_rows(path))
+        report = SparsityReport(path, _path_rows(path, pattern), pattern)
     else:
         raise TypeError(
             "sparsity_report takes a Keras model or the path of a SavedModel "
@@ -169,7 +186,7 @@ def sparsity_report(model_or_path, print_table=True):
     return report
 
 
-def _model_rows(model):
+def _model_rows(model, pattern="2:4"):
     """One row per GEMM kernel of a Keras model (`tf_asp.registry`)."""
     rows = []
     for gemm in registry.gemm_layers(model):
@@ -183,16 +200,22 @@ def _model_rows(model):
             reason = gemm.reason or kernel.unprunable_reason()
             variable = kernel.variable
             rows.append(
-                _row(compat.variable_path(variable), variable.numpy(), reason, kernel.input_axes)
+                _row(
+                    compat.variable_path(variable),
+                    variable.numpy(),
+                    reason,
+                    kernel.input_axes,
+                    pattern,
+                )
             )
         if not gemm.kernels:
             variable = gemm.layer.kernel
             name = compat.variable_path(variable)
-            rows.append(_row(name, variable.numpy(), gemm.reason, input_axes=None))
+            rows.append(_row(name, variable.numpy(), gemm.reason, None, pattern))
     return tuple(rows)
 
 
-def _path_rows(path):
+def _path_rows(path, pattern="2:4"):
     import keras
     import tensorflow as tf
 
@@ -200,7 +223,7 @@ def _path_rows(path):
         from tf_asp.report import onnx
         from tf_asp.report.served import kernel_rows
 
-        return kernel_rows(onnx.onnx_kernels(onnx.load_onnx(path)))
+        return kernel_rows(onnx.onnx_kernels(onnx.load_onnx(path)), pattern)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"No SavedModel at '{path}': the path does not exist; export one "
@@ -216,9 +239,9 @@ def _path_rows(path):
                 f"({type(error).__name__}: {error}); save it again with "
                 "`model.save(path)`."
             ) from error
-        return _model_rows(model)
+        return _model_rows(model, pattern)
     if os.path.isfile(path) and path.endswith(H5_EXTENSIONS):
-        return _h5_rows(path)
+        return _h5_rows(path, pattern)
     if not (os.path.isdir(path) and tf.saved_model.contains_saved_model(path)):
         raise ValueError(
             f"'{path}' is not a SavedModel directory (it has no "
@@ -242,20 +265,25 @@ def _path_rows(path):
         logger.warning("Could not read the serving graph of %s (%s).", path, error)
         kernels = []
     if kernels:
-        return kernel_rows(kernels)
+        return kernel_rows(kernels, pattern)
     logger.warning(
         "No MatMul, BatchMatMul or Conv2D of the signatures of %s reads a variable; "
         "listing every 2-D and 4-D float variable instead.",
         path,
     )
     return tuple(
-        _row(_variable_name(variable), variable.numpy(), _shape_reason(variable.shape))
+        _row(
+            _variable_name(variable),
+            variable.numpy(),
+            _shape_reason(variable.shape),
+            pattern=pattern,
+        )
         for variable in _saved_variables(loaded)
         if variable.dtype.is_floating and variable.shape.rank in KERNEL_RANKS
     )
 
 
-def _h5_rows(path):
+def _h5_rows(path, pattern="2:4"):
     """One row per 2-D or 4-D float weight of an `.h5` file, optimizer excluded.
 
     Reads the file with h5py, whichever Keras wrote it. In tf_keras' layout
@@ -285,7 +313,7 @@ def _h5_rows(path):
             datasets = []
             weights.visititems(lambda name, item: datasets.append((name, item)))
         return tuple(
-            _row(name.removesuffix(":0"), item[()], _shape_reason(item.shape))
+            _row(name.removesuffix(":0"), item[()], _shape_reason(item.shape), pattern=pattern)
             for name, item in datasets
             if isinstance(item, h5py.Dataset)
             and item.dtype.kind == "f"
@@ -312,15 +340,18 @@ def _saved_variables(loaded):
     return list({id(variable): variable for variable in variables}.values())
 
 
-def _row(name, kernel, reason, input_axes=(-2,)):
-    """A report row; `input_axes=None` when they are unknown (never 2:4)."""
+def _row(name, kernel, reason, input_axes=(-2,), pattern="2:4"):
+    """A report row; `input_axes=None` when they are unknown (never N:M)."""
+    known = input_axes is not None
     return KernelSparsity(
         name=name,
         shape=tuple(kernel.shape),
         zero_fraction=1.0 - np.count_nonzero(kernel) / max(kernel.size, 1),
-        is_2to4=input_axes is not None and masks.is_2to4(kernel, input_axes),
+        is_2to4=known and masks.is_2to4(kernel, input_axes),
         shape_qualifies=reason is None,
         reason=reason,
+        pattern=str(pattern),
+        has_pattern=known and masks.is_nm(kernel, input_axes, pattern),
     )
 
 

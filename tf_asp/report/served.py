@@ -34,8 +34,10 @@ class ServedKernel(NamedTuple):
     weights: np.ndarray
 
 
-def kernel_rows(kernels):
-    """The report rows (`KernelSparsity`) of some `ServedKernel`s, in order."""
+def kernel_rows(kernels, pattern="2:4"):
+    """The report rows (`KernelSparsity`) of some `ServedKernel`s, in order,
+    checked for the N:M `pattern`."""
     return tuple(
-        _row(kernel.name, kernel.weights, _shape_reason(kernel.weights.shape)) for kernel in kernels
+        _row(kernel.name, kernel.weights, _shape_reason(kernel.weights.shape), pattern=pattern)
+        for kernel in kernels
     )
