@@ -72,12 +72,6 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
         **kwargs,
     ):
         # `masked_variables` comes from `from_config` only (see the Keras 3 wrapper).
-        masked_variables = kwargs.pop("masked_variables", None)
-        if kwargs:
-            raise TypeError(
-                f"AspOptimizerWrapperV2 got unexpected arguments: {sorted(kwargs)}. Set "
-                "optimizer options such as learning_rate on the wrapped optimizer."
-            )
         pruning.check_same_keras(optimizer, model)
         _check_optimizer(optimizer)
         options = pruning.PruningOptions(
@@ -93,29 +87,20 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
             transposable=transposable,
             criterion=criterion,
         )
-        if model is None and masked_variables is None:
-            raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
+        start = pruning.start_wrapper(model, options, calibration_data, kwargs, _check_model)
 
         super().__init__(name=name or "AspOptimizerWrapperV2")
         self.inner_optimizer = optimizer
         self.padding = options.padding
         self.search_device = options.search_device
         self.search_time_limit = options.search_time_limit
-        self.permutation_summary = None
+        self.permutation_summary = start.summary
         # Plain objects, kept out of checkpoints (the masks are saved as variables).
         compat.set_untracked(self, "options", options)
-        specs = norms = None  # id(kernel) -> its MaskSpec, activation norms, once known
         compat.set_untracked(self, "_masks", {})  # built: {key: MaskedKernel}
-
-        if model is not None:
-            _check_model(model)
-            plan = pruning.prepare(model, options, calibration_data)
-            self.permutation_summary = plan.summary
-            specs, norms = plan.specs_by_id, plan.norms_by_id
-            masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
-        compat.set_untracked(self, "_specs", specs)
-        compat.set_untracked(self, "_norms", norms)
-        compat.set_untracked(self, "masked_variables", dict(masked_variables))
+        compat.set_untracked(self, "_specs", start.specs)  # id(kernel) -> MaskSpec, once known
+        compat.set_untracked(self, "_norms", start.norms)  # id(kernel) -> activation norms
+        compat.set_untracked(self, "masked_variables", start.masked_variables)
         compat.mark_wrapped(optimizer)
 
     def build(self, var_list):
@@ -225,13 +210,7 @@ class AspOptimizerWrapperV2(tf_keras.optimizers.Optimizer):
         return {
             "name": self.name,
             "inner_optimizer": tf_keras.optimizers.serialize(self.inner_optimizer),
-            "padding": self.padding,
-            "search_device": self.search_device,
-            "search_time_limit": self.search_time_limit,
-            "pattern": str(self.options.pattern),
-            "transposable": self.options.transposable,
-            "criterion": self.options.criterion,
-            "masked_variables": dict(self.masked_variables),
+            **pruning.saved_options(self.options, self.masked_variables),
         }
 
     @classmethod

@@ -129,13 +129,6 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         # `masked_variables` comes from `from_config` only: a restored wrapper
         # knows its pruned kernels by position among the model's trainable
         # variables (variable paths change when a model is reloaded).
-        masked_variables = kwargs.pop("masked_variables", None)
-        if kwargs:
-            raise TypeError(
-                f"AspOptimizerWrapperV2 got unexpected arguments: "
-                f"{sorted(kwargs)}. Set optimizer options such as "
-                "learning_rate or weight_decay on the wrapped optimizer."
-            )
         _check_optimizer(optimizer)
         options = pruning.PruningOptions(
             padding=padding,
@@ -150,12 +143,15 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
             transposable=transposable,
             criterion=criterion,
         )
-        if model is None and masked_variables is None:
-            raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
-        if model is not None:
+
+        def check_model(model):
             _check_model(model)
             distribute.check_strategy(model, optimizer)
             distribute.check_workers_agree(model)
+
+        start = pruning.start_wrapper(model, options, calibration_data, kwargs, check_model)
+        if model is not None:
+            distribute.check_workers_agree(model, permuted=True)  # even unpermuted: a collective
 
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
@@ -163,18 +159,10 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         self.search_device = options.search_device
         self.search_time_limit = options.search_time_limit
         self.options = options
-        self.permutation_summary = None
-        self._specs = None  # id(kernel) -> its MaskSpec, once known
-        self._norms = None  # id(kernel) -> its input channels' activation norms
-
-        if model is not None:
-            plan = pruning.prepare(model, options, calibration_data)
-            distribute.check_workers_agree(model, permuted=True)  # even unpermuted: a collective
-            self.permutation_summary = plan.summary
-            self._specs = plan.specs_by_id
-            self._norms = plan.norms_by_id
-            masked_variables = pruning.kernel_positions(model.trainable_variables, plan)
-        self.masked_variables = dict(masked_variables)
+        self.permutation_summary = start.summary
+        self._specs = start.specs  # id(kernel) -> its MaskSpec, once known
+        self._norms = start.norms  # id(kernel) -> its input channels' activation norms
+        self.masked_variables = start.masked_variables
         compat.mark_wrapped(optimizer)
 
     @compat.no_dependency_tracking
@@ -258,13 +246,7 @@ class AspOptimizerWrapperV2(keras.optimizers.Optimizer):
         return {
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-            "padding": self.padding,
-            "search_device": self.search_device,
-            "search_time_limit": self.search_time_limit,
-            "pattern": str(self.options.pattern),
-            "transposable": self.options.transposable,
-            "criterion": self.options.criterion,
-            "masked_variables": self.masked_variables,
+            **pruning.saved_options(self.options, self.masked_variables),
         }
 
     @classmethod

@@ -165,7 +165,7 @@ class PruningPlan:
         return {id(self.kernels[name].variable): norm for name, norm in self.norms.items()}
 
 
-def prepare(model, options, calibration_data=None):
+def prepare(model, options, calibration_data=None, stacklevel=3):
     """Picks, checks and permutes the kernels of `model`; returns a `PruningPlan`.
 
     With `criterion="activation"` the input channels' activation norms are
@@ -173,6 +173,8 @@ def prepare(model, options, calibration_data=None):
     permutation search weighs every weight by them, and they are read again
     if channels moved. Nothing is written unless every check passes; a
     failed permutation restores the original weights (see `permute_model`).
+    `stacklevel` points the warning for a model with nothing to prune at
+    the user's line.
     """
     if calibration_data is not None and options.criterion != "activation":
         raise ValueError(
@@ -211,7 +213,7 @@ def prepare(model, options, calibration_data=None):
             f"Model '{model.name}' has no prunable GEMM layer (input size a multiple of 16, "
             "output size a multiple of 8); it will be trained densely. "
             "tf_asp.set_verbosity('INFO') tells why for each layer.",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     logger.info(
         "Will prune %d kernels to %s%s (%s): %s",
@@ -272,6 +274,64 @@ def check_finite(kernels):
                     "mask can be computed for it. Nothing was changed; fix "
                     "or reload the weights before wrapping the optimizer."
                 )
+
+
+@dataclasses.dataclass(frozen=True)
+class WrapperStart:
+    """What a wrapper's constructor settles, whichever Keras it serves.
+
+    Attributes:
+        summary: the `PermutationSummary`, or None (no permutation, or a
+            wrapper restored from its config).
+        specs: id(kernel) -> `MaskSpec`; None for a restored wrapper, which
+            learns them in `build` (`restored_specs`).
+        norms: id(kernel) -> activation norms, or None.
+        masked_variables: the pruned kernels' positions (`kernel_positions`),
+            what the wrapper's config saves.
+    """
+
+    summary: object
+    specs: object
+    norms: object
+    masked_variables: dict
+
+
+def start_wrapper(model, options, calibration_data, extra_arguments, check_model):
+    """Prepares `model` for a wrapper (`prepare`), or takes the kernel
+    positions of a wrapper restored with `model=None` from its config.
+
+    `extra_arguments` are the wrapper's `**kwargs`: only `masked_variables`
+    (from `from_config`) is allowed there. `check_model(model)` raises if
+    the wrapper cannot prune `model`.
+    """
+    masked_variables = extra_arguments.pop("masked_variables", None)
+    if extra_arguments:
+        raise TypeError(
+            f"AspOptimizerWrapperV2 got unexpected arguments: {sorted(extra_arguments)}. "
+            "Set optimizer options such as learning_rate or weight_decay on the wrapped "
+            "optimizer."
+        )
+    if model is None:
+        if masked_variables is None:
+            raise TypeError("AspOptimizerWrapperV2 needs the `model` to prune.")
+        return WrapperStart(None, None, None, dict(masked_variables))
+    check_model(model)
+    plan = prepare(model, options, calibration_data, stacklevel=4)  # the user, past __init__
+    positions = kernel_positions(model.trainable_variables, plan)
+    return WrapperStart(plan.summary, plan.specs_by_id, plan.norms_by_id, positions)
+
+
+def saved_options(options, masked_variables):
+    """The part of a wrapper's config that says how it prunes, and what."""
+    return {
+        "padding": options.padding,
+        "search_device": options.search_device,
+        "search_time_limit": options.search_time_limit,
+        "pattern": str(options.pattern),
+        "transposable": options.transposable,
+        "criterion": options.criterion,
+        "masked_variables": dict(masked_variables),
+    }
 
 
 def kernel_positions(trainable_variables, plan):
