@@ -65,6 +65,8 @@ setup(
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
         "test": TEST_REQUIRES,
         "onnx": ONNX_REQUIRES,
+        # benchmarks/masks.py trains on scikit-learn's digits
+        "bench": ["scikit-learn"],
         # tftrt_infer.py --use_tensorrt (a Linux machine with an NVIDIA GPU)
         "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
     },
