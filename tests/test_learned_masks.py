@@ -80,7 +80,7 @@ def test_learned_masks_are_exactly_2to4_along_the_input_channels():
         assert row.kept == pytest.approx(np.abs(kernel_values(model)[row.name]).sum(), rel=1e-6)
         assert row.total == pytest.approx(np.abs(before[row.name]).sum(), rel=1e-6)
     assert summary.learned.steps == 10
-    assert "Learned masks (10 steps)" in str(summary)
+    assert "Learned masks (10 steps, kept step" in str(summary)
 
 
 @pytest.mark.parametrize("permute", [False, True])
@@ -122,6 +122,28 @@ def test_learned_masks_beat_magnitude_where_large_weights_read_quiet_inputs():
         for m in (model, by_magnitude)
     ]
     assert loud[0] > 4 * loud[1], loud
+
+
+def test_learned_masks_never_lose_to_magnitude_on_the_calibration_data():
+    model = small_convnet()
+    x = images()
+    dense = model(x).numpy()
+    by_magnitude = twin(model)
+    tf_asp.prune_model(by_magnitude, permute=False)
+    summary = tf_asp.prune_model(
+        model,
+        criterion="learned",
+        calibration_data=x,
+        permute=False,
+        learned_steps=5,
+        learning_rate=10.0,  # wild steps: the masks it samples are worse
+    )
+    learned_loss = distillation_loss(model, dense, x)
+    assert learned_loss <= distillation_loss(by_magnitude, dense, x) * (1 + 1e-5)
+    assert summary.learned.loss == pytest.approx(learned_loss, rel=1e-4)
+    if summary.learned.best_step == 0:
+        for (name, a), b in zip(kernel_values(model).items(), kernel_values(by_magnitude).values()):
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_the_same_seed_learns_the_same_masks():

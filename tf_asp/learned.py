@@ -17,6 +17,9 @@ steps on calibration data and keeps each group's best (argmax) pattern.
   each pruned kernel's value replaced by `w * mask(logits)`, so the loss is
   differentiable with respect to the logits. Only the logits train (Adam);
   the model's weights stay frozen, and are written once, masked, at the end.
+- **Result.** Every `steps / 10` steps the argmax masks are measured on all
+  the calibration data; the best, or the magnitude masks if none beats them,
+  are kept.
 - **Loss.** With inputs only, distillation: the mean squared error between
   the dense model's outputs (computed once, before) and the masked model's.
   With `loss=` and `(inputs, targets)`, that loss on the targets.
@@ -46,7 +49,7 @@ from tf_asp.log import logger
 # in `itertools.combinations` order (so ties go to the lower channels).
 PATTERNS = tuple(itertools.combinations(range(4), 2))
 SAMPLING = ("hard", "soft")
-LOG_EVERY = 10  # log the loss this many times during training
+CHECKS = 10  # how many times training measures its argmax masks on all the data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +128,16 @@ class LearnedMasks:
         loss: the training loss of these masks over all calibration batches.
         magnitude_loss: the same loss with the magnitude masks (0 steps).
         steps: the steps trained.
+        best_step: the step whose masks these are: the lowest `loss` among
+            the magnitude masks (0) and those measured every `steps / 10`
+            steps, so learned masks never lose to magnitude on this data.
     """
 
     masks: dict
     loss: float
     magnitude_loss: float
     steps: int
+    best_step: int = 0
 
 
 def training_batches(model, data, loss=None, input_shapes=None):
@@ -349,7 +356,8 @@ def learn_masks(model, kernels, batches, options):
         optimizer.apply(tape.gradient(loss, logits), logits)
         return loss
 
-    every = max(options.steps // LOG_EVERY, 1)
+    best = (magnitude_loss, magnitude_choices, 0)  # loss, choices, step
+    every = max(options.steps // CHECKS, 1)
     for index in range(options.steps):
         (x, _), target = batches[index % len(batches)], targets[index % len(batches)]
         loss = float(
@@ -366,15 +374,37 @@ def learn_masks(model, kernels, batches, options):
                 "changed; lower learning_rate or check the calibration data and loss."
             )
         if (index + 1) % every == 0 or index + 1 == options.steps:
-            logger.info("Learning masks: step %d/%d, loss %.6g", index + 1, options.steps, loss)
-    choices = [best_patterns(v.numpy(), kept[name]) for name, v in zip(names, logits)]
-    loss = total_loss(choices)
-    logger.info("Learned 2:4 masks: loss %.6g (magnitude masks: %.6g)", loss, magnitude_loss)
+            choices = [best_patterns(v.numpy(), kept[name]) for name, v in zip(names, logits)]
+            measured = total_loss(choices)
+            if measured < best[0]:
+                best = (measured, choices, index + 1)
+            logger.info(
+                "Learning masks: step %d/%d, sampled loss %.6g, argmax masks' loss %.6g",
+                index + 1,
+                options.steps,
+                loss,
+                measured,
+            )
+    loss, choices, best_step = best
+    if options.steps and not best_step:
+        logger.warning(
+            "Learned masks did not beat the magnitude masks on the calibration data in %d "
+            "steps (loss %.6g); the magnitude masks are kept. Try more learned_steps, another "
+            "learning_rate or more calibration data.",
+            options.steps,
+            magnitude_loss,
+        )
+    logger.info(
+        "Learned 2:4 masks (step %d): loss %.6g (magnitude masks: %.6g)",
+        best_step,
+        loss,
+        magnitude_loss,
+    )
     masks = {
         name: groups[name].join(tf.gather(patterns, choice)).numpy()
         for name, choice in zip(names, choices)
     }
-    return LearnedMasks(masks, loss, magnitude_loss, options.steps)
+    return LearnedMasks(masks, loss, magnitude_loss, options.steps, best_step)
 
 
 def _sample(logits, temperature, seed, hard):

@@ -88,7 +88,8 @@ class PruningSummary:
         lines = [f"Pruned {len(self.kernels)} kernels in {self.duration:.1f} s"]
         if self.learned is not None:
             lines.append(
-                f"Learned masks ({self.learned.steps} steps): loss {self.learned.loss:.6g}, "
+                f"Learned masks ({self.learned.steps} steps, kept step "
+                f"{self.learned.best_step}): loss {self.learned.loss:.6g}, "
                 f"magnitude masks {self.learned.magnitude_loss:.6g}"
             )
         for cells in [header] + rows:
