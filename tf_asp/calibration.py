@@ -129,9 +129,9 @@ def calibration_batches(model, data, input_shapes=None):
             "of a few hundred samples."
         )
     if isinstance(data, tf.data.Dataset):
-        batches = [_flat(_inputs_of(element)) for element in data.as_numpy_iterator()]
+        batches = [flat(inputs_of(element)) for element in data.as_numpy_iterator()]
     else:
-        arrays = _flat(data)
+        arrays = flat(data)
         sizes = {len(x) if x.ndim else None for x in arrays}
         if len(sizes) != 1 or None in sizes:
             raise ValueError(
@@ -142,6 +142,13 @@ def calibration_batches(model, data, input_shapes=None):
         batches = [
             [x[start : start + BATCH_SIZE] for x in arrays] for start in range(0, count, BATCH_SIZE)
         ]
+    return checked_batches(model, batches, input_shapes)
+
+
+def checked_batches(model, batches, input_shapes=None):
+    """`batches` (lists of arrays, one per model input) without the empty
+    ones, each cast to the model's input dtypes; a ValueError naming a batch
+    that does not fit the model's inputs, or when none holds a sample."""
     batches = [batch for batch in batches if batch and batch[0].ndim and len(batch[0])]
     if not batches:
         raise ValueError("calibration_data holds no samples.")
@@ -149,14 +156,16 @@ def calibration_batches(model, data, input_shapes=None):
     return [_checked(batch, specs, number) for number, batch in enumerate(batches)]
 
 
-def _inputs_of(element):
+def inputs_of(element):
     """The model inputs of a dataset element, read as `model.fit` reads it."""
     if isinstance(element, tuple) and 1 <= len(element) <= 3:
         return element[0]
     return element
 
 
-def _flat(inputs):
+def flat(inputs):
+    """The arrays of `inputs` (an array, or a list or dict of arrays), in
+    `tf.nest` order."""
     return [np.asarray(x) for x in tf.nest.flatten(inputs)]
 
 

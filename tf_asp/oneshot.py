@@ -19,6 +19,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tf_asp import learned
 from tf_asp import masks
 from tf_asp import pruning
 
@@ -31,9 +32,10 @@ class KernelPruning:
         name: the kernel's variable path and shape.
         pattern: the N:M pattern, e.g. `"2:4"`.
         transposable: None, `"best"` or `"greedy"`.
-        criterion: `"magnitude"` or `"activation"`.
+        criterion: `"magnitude"`, `"activation"` or `"learned"`.
         kept: the sum of the criterion's scores the mask keeps: magnitudes
-            (`|w|`), or `|w| * ||x_c||` for the activation criterion.
+            (`|w|`, also for learned masks), or `|w| * ||x_c||` for the
+            activation criterion.
         total: the sum of all the scores.
         kept_1d: what the 1-D mask of the same pattern would keep (equal to
             `kept` unless transposable): the price of transposability.
@@ -55,8 +57,11 @@ class KernelPruning:
 
 @dataclasses.dataclass(frozen=True)
 class PruningSummary:
-    """What `prune_model` did: one `KernelPruning` per pruned kernel, and the
-    permutation's summary (None without permutation).
+    """What `prune_model` did: one `KernelPruning` per pruned kernel, the
+    permutation's summary (None without permutation), and with
+    `criterion="learned"` the training's `tf_asp.learned.LearnedMasks`
+    (`loss`, `magnitude_loss`: the loss of the learned and of the magnitude
+    masks over the calibration data), else None.
 
     `str(summary)` is a table of the kernels, then the permutation summary.
     """
@@ -64,6 +69,7 @@ class PruningSummary:
     kernels: tuple
     permutation: object
     duration: float
+    learned: object = None
 
     def __str__(self):
         two_d = any(k.transposable for k in self.kernels)
@@ -80,6 +86,12 @@ class PruningSummary:
         ]
         widths = [max(len(cells[i]) for cells in [header] + rows) for i in range(len(header))]
         lines = [f"Pruned {len(self.kernels)} kernels in {self.duration:.1f} s"]
+        if self.learned is not None:
+            lines.append(
+                f"Learned masks ({self.learned.steps} steps, kept step "
+                f"{self.learned.best_step}): loss {self.learned.loss:.6g}, "
+                f"magnitude masks {self.learned.magnitude_loss:.6g}"
+            )
         for cells in [header] + rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
         if self.permutation is not None:
@@ -102,6 +114,12 @@ def prune_model(
     plot_to_file=None,
     verify_permutation=True,
     verify_inputs=None,
+    loss=None,
+    learned_steps=100,
+    learning_rate=0.1,
+    temperature=(1.0, 0.1),
+    learned_sampling="hard",
+    seed=0,
 ):
     """Permutes channels and prunes every eligible kernel of `model` in place.
 
@@ -115,16 +133,31 @@ def prune_model(
         model: a built Keras 3 or tf_keras model.
         pattern: `"2:4"` (default), `"1:2"` (TF32), or N:M with M in 4, 8, 16.
         permute: search and apply channel permutations first.
-        criterion: `"magnitude"` or `"activation"` (|w| times the input
-            channel's activation norm over `calibration_data`).
-        calibration_data: for `criterion="activation"`: a `tf.data.Dataset`
-            of batches of model inputs (or `(inputs, targets)`), or an array
-            (a list or dict of arrays) of a few hundred samples.
+        criterion: `"magnitude"`, `"activation"` (|w| times the input
+            channel's activation norm over `calibration_data`), or
+            `"learned"`: one of the six 2:4 patterns per group of 4 input
+            channels, trained on `calibration_data` (`tf_asp.learned`;
+            Keras 3 models, pattern 2:4, not transposable). Learning starts
+            from the magnitude masks, after the permutation, and changes
+            only the masks: the kept weights keep their values.
+        calibration_data: for `criterion="activation"` or `"learned"`: a
+            `tf.data.Dataset` of batches of model inputs (or `(inputs,
+            targets)`), or an array (a list or dict of arrays) of a few
+            hundred samples; with `loss=`, `(inputs, targets)` batches or a
+            tuple `(inputs, targets)` of arrays.
         transposable: False, True or `"best"` (exact), or `"greedy"`:
             transposable 2:4 masks (2:4 only).
         padding, input_shapes, search_device, search_time_limit,
         plot_to_file, verify_permutation, verify_inputs: as for
             `AspOptimizerWrapperV2`.
+        loss: for `criterion="learned"`: None (default) distils from the
+            dense model (mean squared error to its outputs; no labels
+            needed), or a Keras loss on `(inputs, targets)` data.
+        learned_steps, learning_rate, temperature, learned_sampling, seed:
+            for `criterion="learned"`: training steps (one batch each),
+            Adam's learning rate on the logits, the Gumbel-softmax
+            temperature `(start, end)`, `"hard"` (straight-through) or
+            `"soft"` samples, the noise seed (`tf_asp.learned.LearnedOptions`).
 
     Returns:
         A `PruningSummary`.
@@ -134,6 +167,9 @@ def prune_model(
     ```python
     summary = tf_asp.prune_model(model, pattern="1:2")
     tf_asp.check_pruned_layers(model, check_structured=True, pattern="1:2")
+    summary = tf_asp.prune_model(model, criterion="learned", calibration_data=x[:512],
+                                 learned_steps=200)
+    summary.learned.loss, summary.learned.magnitude_loss
     ```
     """
     start = time.perf_counter()
@@ -154,8 +190,31 @@ def prune_model(
         pattern=pattern,
         transposable=transposable,
         criterion=criterion,
+        one_shot=True,
     )
-    plan = pruning.prepare(model, options, calibration_data)
+    if criterion != "learned":
+        plan = pruning.prepare(model, options, calibration_data)
+        return _write_masks(plan, options, start)
+    learning = learned.LearnedOptions(
+        learned_steps, learning_rate, temperature, learned_sampling, seed, loss
+    )
+    learned.check_model(model)
+    pruning.mask_specs(pruning.prunable_kernels(model, padding), options)  # raises early
+    batches = learned.training_batches(model, calibration_data, loss, input_shapes)
+    saved = [variable.numpy() for variable in model.weights]
+    try:
+        plan = pruning.prepare(model, options)
+        result = learned.learn_masks(model, plan.kernels, batches, learning)
+        return _write_masks(plan, options, start, result)
+    except BaseException:
+        for variable, value in zip(model.weights, saved):  # permuted, or half-written
+            variable.assign(value)
+        raise
+
+
+def _write_masks(plan, options, start, learned_masks=None):
+    """Masks every kernel of `plan` (from its scores, or `learned_masks`) and
+    returns the `PruningSummary`."""
     results, values = [], []
     for name, kernel in plan.kernels.items():
         spec = plan.specs[name]
@@ -163,7 +222,10 @@ def prune_model(
         scores = pruning.kernel_scores(
             value, spec, None if plan.norms is None else plan.norms[name]
         )
-        mask = spec.mask(scores).numpy().astype(value.dtype)
+        if learned_masks is None:
+            mask = spec.mask(scores).numpy().astype(value.dtype)
+        else:
+            mask = learned_masks.masks[name].astype(value.dtype)
         scores = scores.numpy().astype(np.float64)
         kept_1d = None
         if spec.transposable:
@@ -183,4 +245,4 @@ def prune_model(
         values.append((kernel.variable, value * mask))
     for variable, value in values:  # every mask first, then the writes
         variable.assign(tf.cast(value, variable.dtype))
-    return PruningSummary(tuple(results), plan.summary, time.perf_counter() - start)
+    return PruningSummary(tuple(results), plan.summary, time.perf_counter() - start, learned_masks)

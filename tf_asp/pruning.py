@@ -43,8 +43,9 @@ from tf_asp.search import check_device
 from tf_asp.search import check_time_limit
 
 # How a weight is scored for its mask: its magnitude, or its magnitude times
-# its input channel's activation norm over calibration data.
-CRITERIA = ("magnitude", "activation")
+# its input channel's activation norm over calibration data; or, for
+# `prune_model` only, a 2:4 pattern per group trained on data (`tf_asp.learned`).
+CRITERIA = ("magnitude", "activation", "learned")
 
 # The Keras each top-level package name stands for, for messages.
 KERAS_NAMES = {"keras": "Keras 3", "tf_keras": "Keras 2 (tf_keras)"}
@@ -100,6 +101,8 @@ class PruningOptions:
 
     See `AspOptimizerWrapperV2` for each one's meaning. `pattern` is stored
     as a `Pattern`, `transposable` as None, `"best"` or `"greedy"`.
+    `one_shot` is True for `prune_model`, the only user of
+    `criterion="learned"`.
     """
 
     padding: bool = False
@@ -113,6 +116,7 @@ class PruningOptions:
     pattern: object = "2:4"
     transposable: object = False
     criterion: str = "magnitude"
+    one_shot: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "padding", bool(self.padding))
@@ -122,8 +126,11 @@ class PruningOptions:
         if self.criterion not in CRITERIA:
             raise ValueError(
                 f"criterion={self.criterion!r}: use 'magnitude' (|w|) or 'activation' "
-                "(|w| times the input channel's activation norm over calibration_data)."
+                "(|w| times the input channel's activation norm over calibration_data), "
+                "or 'learned' with tf_asp.prune_model."
             )
+        if self.criterion == "learned":
+            check_learnable(self)
         device = check_device(self.search_device, "search_device")
         object.__setattr__(self, "search_device", device)
         check_time_limit(self.search_time_limit, "search_time_limit")
@@ -178,7 +185,7 @@ def prepare(model, options, calibration_data=None, stacklevel=3):
     """
     if calibration_data is not None and options.criterion != "activation":
         raise ValueError(
-            f"calibration_data is read only with criterion='activation' (got "
+            f"calibration_data is read only with criterion='activation' or 'learned' (got "
             f"criterion={options.criterion!r}); pass both, or neither."
         )
     kernels = prunable_kernels(model, options.padding)
@@ -240,8 +247,31 @@ def mask_specs(kernels, options):
                 "channels; transposable masks need multiples of 4 (4x4 blocks). Nothing was "
                 "changed; use padding=False or transposable=False."
             )
+        if options.criterion == "learned" and kernel.input_size % 4:
+            raise ValueError(
+                f"Kernel {name} has {kernel.input_size} input channels; learned masks choose "
+                "among the six 2:4 patterns of whole groups of 4. Nothing was changed; use "
+                "padding=False or another criterion."
+            )
         specs[name] = spec
     return specs
+
+
+def check_learnable(options):
+    """Raises a ValueError when `criterion="learned"` cannot serve `options`."""
+    if not options.one_shot:
+        raise ValueError(
+            "criterion='learned' trains the masks once, with tf_asp.prune_model(model, "
+            "criterion='learned', calibration_data=...); then build the wrapper with "
+            "permute=False (and the default criterion) to keep exactly those zeros."
+        )
+    if options.pattern != parse_pattern("2:4") or options.transposable:
+        raise ValueError(
+            f"criterion='learned' learns 1-D 2:4 masks (one of the six 2:4 patterns per group "
+            f"of 4 input channels); got pattern {options.pattern}"
+            f"{' transposable' if options.transposable else ''}. Use pattern='2:4' and "
+            "transposable=False, or criterion='magnitude' / 'activation'."
+        )
 
 
 def prunable_kernels(model, padding=False):

@@ -135,19 +135,24 @@ def trace_model(model, input_shapes=None, seed=0, fetchable=False):
     specs = input_specs(model, input_shapes)
     rng = np.random.default_rng(seed)
     sample_inputs = [_sample(spec, rng) for spec in specs]
-    structure = _input_structure(model)
+    structure = input_structure(model)
 
     def call(*inputs):
-        if structure is not None and len(tf.nest.flatten(structure)) == len(inputs):
-            arguments = tf.nest.pack_sequence_as(structure, list(inputs))
-        else:
-            arguments = inputs[0] if len(inputs) == 1 else list(inputs)
-        return model(arguments, training=False)
+        return model(model_arguments(structure, inputs), training=False)
 
     return OpGraph(model, call, specs, sample_inputs, fetchable)
 
 
-def _input_structure(model):
+def model_arguments(structure, inputs):
+    """The flat `inputs` (one per model input) packed as the model takes them:
+    in `structure` (`model.input`, or None for a subclassed model), else one
+    tensor or a list."""
+    if structure is not None and len(tf.nest.flatten(structure)) == len(inputs):
+        return tf.nest.pack_sequence_as(structure, list(inputs))
+    return inputs[0] if len(inputs) == 1 else list(inputs)
+
+
+def input_structure(model):
     """The nested structure of a functional model's inputs, or None."""
     try:
         return model.input
