@@ -215,6 +215,23 @@ def test_bad_arguments_are_refused_before_anything_changes(arguments, match):
     assert same_weights(model, saved)
 
 
+@pytest.mark.parametrize("criterion", ["magnitude", "activation"])
+def test_learned_arguments_with_another_criterion_are_refused_not_ignored(criterion):
+    model = small_convnet()
+    saved = weights(model)
+    calibration = images() if criterion == "activation" else None
+    with pytest.raises(ValueError, match="learned_steps, loss only apply to criterion='learned'"):
+        tf_asp.prune_model(
+            model,
+            criterion=criterion,
+            calibration_data=calibration,
+            loss="mse",
+            learned_steps=5,
+            permute=False,
+        )
+    assert same_weights(model, saved)
+
+
 def test_a_loss_that_fails_mid_training_leaves_the_permuted_model_as_it_was():
     model = small_convnet()
     saved = weights(model)

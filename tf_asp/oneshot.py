@@ -14,6 +14,7 @@ summary.permutation            # the PermutationSummary (None with permute=False
 """
 
 import dataclasses
+import inspect
 import time
 
 import numpy as np
@@ -193,6 +194,15 @@ def prune_model(
         one_shot=True,
     )
     if criterion != "learned":
+        _check_no_learned_arguments(
+            criterion,
+            loss=loss,
+            learned_steps=learned_steps,
+            learning_rate=learning_rate,
+            temperature=temperature,
+            learned_sampling=learned_sampling,
+            seed=seed,
+        )
         plan = pruning.prepare(model, options, calibration_data)
         return _write_masks(plan, options, start)
     learning = learned.LearnedOptions(
@@ -210,6 +220,19 @@ def prune_model(
         for variable, value in zip(model.weights, saved):  # permuted, or half-written
             variable.assign(value)
         raise
+
+
+def _check_no_learned_arguments(criterion, **arguments):
+    """A ValueError for learned-mask arguments given with another criterion,
+    which would otherwise be ignored without a word."""
+    defaults = inspect.signature(prune_model).parameters
+    given = sorted(name for name, value in arguments.items() if value != defaults[name].default)
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} only apply to criterion='learned' (got "
+            f"criterion={criterion!r}). Nothing was changed; drop them or use "
+            "criterion='learned'."
+        )
 
 
 def _write_masks(plan, options, start, learned_masks=None):
