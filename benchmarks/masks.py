@@ -8,8 +8,9 @@ convolutions, 32-64 channels) and a transformer (the 8 pixel rows as 8
 tokens, 2 post-norm blocks of width 64, 4 heads, feed-forward 128). Then,
 from the same trained weights each time:
 
-- `accuracy`: `tf_asp.prune_model` 2:4 with the magnitude or the activation
-  criterion (256 training images as calibration data), without and with
+- `accuracy`: `tf_asp.prune_model` 2:4 with the magnitude, activation or
+  learned criterion (256 training images as calibration data; learned: 100
+  steps distilled from the dense model), without and with
   permutation: test accuracy and agreement with the dense model's
   predictions before fine-tuning, and test accuracy after the same short
   fine-tune (a wrapper with `permute=False`, Adam 1e-4, 3 epochs);
@@ -162,7 +163,7 @@ def accuracy_table(name, weights, data):
         f"{'fine-tuned':>10} {'prune s':>7}"
     )
     calibration = x_train[:CALIBRATION_SAMPLES]
-    for criterion in ("magnitude", "activation"):
+    for criterion in ("magnitude", "activation", "learned"):
         for permute in (False, True):
             model = fresh(name, weights)
             before = kernel_magnitudes(model)
@@ -170,7 +171,7 @@ def accuracy_table(name, weights, data):
             tf_asp.prune_model(
                 model,
                 criterion=criterion,
-                calibration_data=calibration if criterion == "activation" else None,
+                calibration_data=None if criterion == "magnitude" else calibration,
                 permute=permute,
                 search_device="CPU",
             )

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_asp import compat
+from tf_asp import pruning
 from tf_asp import registry
 from tf_asp.graph import apply
 from tf_asp.graph.groups import find_groups
@@ -149,6 +150,33 @@ def regression_data(model, samples=64, seed=0):
     x = rng.standard_normal((samples,) + tuple(model.input_shape[1:]))
     y = rng.standard_normal((samples,) + tuple(model.output_shape[1:]))
     return x.astype("float32"), y.astype("float32")
+
+
+def images(count=64, seed=0):
+    """`count` random 8x8x16 float32 images (what `small_convnet` takes)."""
+    return np.random.default_rng(seed).standard_normal((count, 8, 8, 16)).astype("float32")
+
+
+def kernel_values(model):
+    """{name: value} of the kernels tf_asp prunes in `model`."""
+    return {name: k.variable.numpy() for name, k in pruning.prunable_kernels(model).items()}
+
+
+def weights(model):
+    """A copy of every weight of `model`, to compare with `same_weights`."""
+    return [v.numpy() for v in model.weights]
+
+
+def same_weights(model, saved):
+    """True when `model` still holds exactly the `weights` saved."""
+    return all(np.array_equal(a, v.numpy()) for a, v in zip(saved, model.weights))
+
+
+def twin(model):
+    """A model of the same architecture holding the same weights."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def prunable_kernels(model, padding=False):

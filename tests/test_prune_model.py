@@ -8,8 +8,13 @@ import pytest
 import tensorflow as tf
 from helpers import BroadcastProjection
 from helpers import encoder
+from helpers import images
+from helpers import kernel_values
 from helpers import regression_data
+from helpers import same_weights
 from helpers import small_convnet
+from helpers import twin
+from helpers import weights
 
 import tf_asp
 from tf_asp import masks
@@ -19,29 +24,6 @@ from tf_asp.calibration import ActivationProbe
 pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 FAST = dict(search_device="CPU", search_time_limit=5)
-
-
-def images(count=64, seed=0):
-    return np.random.default_rng(seed).standard_normal((count, 8, 8, 16)).astype("float32")
-
-
-def kernel_values(model):
-    return {name: k.variable.numpy() for name, k in pruning.prunable_kernels(model).items()}
-
-
-def weights(model):
-    return [v.numpy() for v in model.weights]
-
-
-def same_weights(model, saved):
-    return all(np.array_equal(a, v.numpy()) for a, v in zip(saved, model.weights))
-
-
-def twin(model):
-    """A model of the same architecture holding the same weights."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "1:2", "1:4", "4:8", "2:8", "8:16"])

@@ -38,6 +38,7 @@ import dataclasses
 import itertools
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -339,8 +340,6 @@ def learn_masks(model, kernels, batches, options):
         "distillation" if options.loss is None else "the given",
         magnitude_loss,
     )
-
-    import keras
 
     optimizer = keras.optimizers.Adam(options.learning_rate)
     hard = options.sampling == "hard"
