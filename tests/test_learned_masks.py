@@ -129,6 +129,13 @@ def test_learned_masks_never_lose_to_magnitude_on_the_calibration_data():
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+def test_training_shows_a_progress_bar_with_the_loss(capsys):
+    model, x = misleading_mlp()
+    tf_asp.prune_model(model, criterion="learned", calibration_data=x, learned_steps=12)
+    printed = capsys.readouterr().out
+    assert "12/12" in printed and "loss:" in printed
+
+
 def test_the_same_seed_learns_the_same_masks():
     model, x = misleading_mlp()
     other = twin(model)

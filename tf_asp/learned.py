@@ -51,6 +51,7 @@ from tf_asp.log import logger
 PATTERNS = tuple(itertools.combinations(range(4), 2))
 SAMPLING = ("hard", "soft")
 CHECKS = 10  # how many times training measures its argmax masks on all the data
+PROGRESS_BAR_STEPS = 10  # show a progress bar from this many steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,6 +358,7 @@ def learn_masks(model, kernels, batches, options):
 
     best = (magnitude_loss, magnitude_choices, 0)  # loss, choices, step
     every = max(options.steps // CHECKS, 1)
+    bar = _progress_bar(options.steps)
     for index in range(options.steps):
         (x, _), target = batches[index % len(batches)], targets[index % len(batches)]
         loss = float(
@@ -372,6 +374,8 @@ def learn_masks(model, kernels, batches, options):
                 f"Learning masks: the loss became {loss} at step {index}. Nothing was "
                 "changed; lower learning_rate or check the calibration data and loss."
             )
+        if bar is not None:
+            bar.update(index + 1, values=[("loss", loss)])
         if (index + 1) % every == 0 or index + 1 == options.steps:
             choices = [best_patterns(v.numpy(), kept[name]) for name, v in zip(names, logits)]
             measured = total_loss(choices)
@@ -404,6 +408,14 @@ def learn_masks(model, kernels, batches, options):
         for name, choice in zip(names, choices)
     }
     return LearnedMasks(masks, loss, magnitude_loss, options.steps, best_step)
+
+
+def _progress_bar(steps):
+    """A Keras progress bar over the training steps, showing the last loss;
+    None for a few steps."""
+    if steps < PROGRESS_BAR_STEPS:
+        return None
+    return keras.utils.Progbar(steps, stateful_metrics=["loss"], unit_name="step")
 
 
 def _sample(logits, temperature, seed, hard):
