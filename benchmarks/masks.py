@@ -21,11 +21,14 @@ from the same trained weights each time:
   with permutation: search time, whole call, mean efficacy, share of |w|
   kept and test accuracy before fine-tuning. `--encoder` adds the 6-block
   BERT-style encoder of `permute_model.py` (random weights: search time
-  only).
+  only), and the time learned 2:4 masks take on it (`--learned-steps`
+  steps distilled from the dense model on 256 random token sequences,
+  without permutation).
 
     pip install ".[bench]"          # scikit-learn, for its digits
     python benchmarks/masks.py
     python benchmarks/masks.py --tables patterns --encoder
+    python benchmarks/masks.py --models --encoder learned   # the encoder only
 """
 
 import argparse
@@ -117,8 +120,14 @@ def compile_model(model, optimizer):
     )
 
 
+def quiet():
+    """No progress bars inside the tables; `clear_session` turns them back on."""
+    keras.utils.disable_interactive_logging()
+
+
 def fresh(name, weights):
     keras.backend.clear_session()
+    quiet()
     keras.utils.set_random_seed(0)
     model = MODELS[name][0]()
     model.set_weights(weights)
@@ -238,10 +247,39 @@ def patterns_table(name, weights, data):
         )
 
 
+def learned_encoder_table(steps):
+    """Times `criterion="learned"` on the encoder: the cost of a large model."""
+    model = build_encoder()
+    vocabulary = model.get_layer("embedding").tokens.input_dim
+    ids = np.random.default_rng(0).integers(
+        0, vocabulary, size=(CALIBRATION_SAMPLES, model.input_shape[1]), dtype="int32"
+    )
+    print(f"\nEncoder: prune_model(criterion='learned', learned_steps={steps}), no permutation")
+    print(
+        f"{'steps':>5} {'call s':>7} {'s/step':>6} {'loss':>9} {'magnitude':>9} "
+        f"{'best step':>9} {'kept |w|':>8} {'load':>4}"
+    )
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    summary = tf_asp.prune_model(
+        model, criterion="learned", calibration_data=ids, permute=False, learned_steps=steps
+    )
+    seconds = time.perf_counter() - start
+    result = summary.learned
+    print(
+        f"{steps:5d} {seconds:7.1f} {seconds / max(steps, 1):6.2f} {result.loss:9.4g} "
+        f"{result.magnitude_loss:9.4g} {result.best_step:9d} {kept_share(summary):8.1%} "
+        f"{(load + os.getloadavg()[0]) / 2:4.1f}",
+        flush=True,
+    )
+
+
 def build_encoder():
     from permute_model import build
 
-    return build("Encoder")
+    model = build("Encoder")
+    quiet()
+    return model
 
 
 TABLES = {
@@ -249,11 +287,18 @@ TABLES = {
     "transposable": transposable_table,
     "patterns": patterns_table,
 }
+ENCODER_TABLES = ("patterns", "learned")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=sorted(MODELS),
+        choices=sorted(MODELS),
+        help="digits models to pre-train and measure (none: only --encoder)",
+    )
     parser.add_argument(
         "--tables",
         nargs="+",
@@ -261,15 +306,21 @@ def main():
         choices=list(TABLES),
     )
     parser.add_argument(
-        "--encoder", action="store_true", help="also time the patterns on the 6-block encoder"
+        "--encoder",
+        nargs="*",
+        choices=ENCODER_TABLES,
+        help="also time these on the 6-block encoder (all when none is named)",
+    )
+    parser.add_argument(
+        "--learned-steps", type=int, default=100, help="learned-mask steps on the encoder"
     )
     args = parser.parse_args()
-    keras.utils.disable_interactive_logging()  # no progress bars inside the tables
+    quiet()
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    data = digits()
+    data = digits() if args.models else None
     for name in args.models:
         start = time.perf_counter()
         weights = pretrain(name, data)
@@ -281,8 +332,11 @@ def main():
         )
         for table in args.tables:
             TABLES[table](name, weights, data)
-    if args.encoder:
+    encoder_tables = ENCODER_TABLES if args.encoder == [] else args.encoder or ()
+    if "patterns" in encoder_tables:
         patterns_table("Encoder", None, None)
+    if "learned" in encoder_tables:
+        learned_encoder_table(args.learned_steps)
 
 
 if __name__ == "__main__":
