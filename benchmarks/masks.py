@@ -332,7 +332,8 @@ def main():
         )
         for table in args.tables:
             TABLES[table](name, weights, data)
-    encoder_tables = ENCODER_TABLES if args.encoder == [] else args.encoder or ()
+    # --encoder alone: every encoder table; no --encoder: none.
+    encoder_tables = ENCODER_TABLES if args.encoder == [] else (args.encoder or ())
     if "patterns" in encoder_tables:
         patterns_table("Encoder", None, None)
     if "learned" in encoder_tables:
